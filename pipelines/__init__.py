@@ -1,0 +1,1 @@
+"""Ray jobs and their YAML configs, installed as ``sddr_pipeline.pipelines``."""

@@ -1,0 +1,50 @@
+"""sddr-pipeline: Self-Distilled Depth Refinement for any monocular depth predictor.
+
+Quick start::
+
+    import sddr_pipeline as sddr
+    predictor = sddr.get_predictor("hf:depth-anything/Depth-Anything-V2-Small-hf")
+    refiner = sddr.Refiner.from_pretrained("path/to/weights")
+    result = sddr.refine(image, predictor, refiner)          # one-stage
+    result = sddr.refine(image, predictor, refiner, mode="two-stage")
+
+Heavy optional dependencies (ray, open3d, pycolmap, s3fs) are never imported here.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "get_predictor": "sddr_pipeline.predictors:get_predictor",
+    "OutputKind": "sddr_pipeline.predictors:OutputKind",
+    "SampleContext": "sddr_pipeline.predictors:SampleContext",
+    "Predictor": "sddr_pipeline.predictors:Predictor",
+    "Refiner": "sddr_pipeline.models:Refiner",
+    "RefinerConfig": "sddr_pipeline.models:RefinerConfig",
+    "refine": "sddr_pipeline.inference:refine",
+    "refine_one_stage": "sddr_pipeline.inference:refine_one_stage",
+    "refine_two_stage": "sddr_pipeline.inference:refine_two_stage",
+    "RefineResult": "sddr_pipeline.inference:RefineResult",
+    "load_depth": "sddr_pipeline.io:load_depth",
+    "open_dataset": "sddr_pipeline.data:open_dataset",
+    "read_image": "sddr_pipeline.data:read_image",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, _, attr = _LAZY[name].partition(":")
+        value = getattr(import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sddr_pipeline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,19 @@
+"""Package discovery only (metadata lives in pyproject.toml).
+
+`plugins/` and `pipelines/` sit at the top of the repository but install as
+`sddr_pipeline.plugins` and `sddr_pipeline.pipelines`, never as bare top-level packages.
+"""
+from setuptools import find_packages, setup
+
+MAPPED = {"sddr_pipeline.plugins": "plugins", "sddr_pipeline.pipelines": "pipelines"}
+
+packages = find_packages(include=["sddr_pipeline", "sddr_pipeline.*"])
+package_dir = {}
+for name, folder in MAPPED.items():
+    packages.append(name)
+    package_dir[name] = folder
+    for sub in find_packages(where=folder):
+        packages.append(f"{name}.{sub}")
+        package_dir[f"{name}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
+
+setup(packages=packages, package_dir=package_dir)
