@@ -1,0 +1,261 @@
+"""Refine a folder of images (or a dataset folder) into an output folder, resumably.
+
+OUTPUT layout::
+
+    depth/<name>.npy      float32, input resolution, units/polarity in manifest.json
+    depth/<name>.png      16-bit linear code (value = png * scale + offset, per image)
+    preview/<name>.png    input image beside its colourised refined depth
+    low/<name>.npy, high/<name>.npy   raw predictions (with save_predictions)
+    manifest.json         inputs, outputs, versions, mode, units, timings, errors
+
+Every file is written under a temporary name and renamed, so nothing is ever half
+written; a resumed run (``skip_existing``) skips images the manifest lists as done.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+
+from . import __version__
+from .data import ImageReadError, open_dataset
+from .inference import TwoStageConfig, refine
+from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
+from .io.depth_files import PNG16_ENCODING
+from .predictors.base import Predictor, PredictorError
+
+OnError = Literal["fail", "skip"]
+MANIFEST = "manifest.json"
+
+
+class RefineJobError(RuntimeError):
+    """The job cannot start (bad input/output folder) or stopped on a failed image."""
+
+
+@dataclass
+class JobReport:
+    output: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _safe_name(name: str) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
+        raise RefineJobError(f"refusing output name {name!r}: it would escape the output folder")
+    return name
+
+
+def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None, two: TwoStageConfig | None) -> dict:
+    return {
+        "predictor": {
+            "spec": predictor_spec,
+            "name": getattr(predictor, "name", type(predictor).__name__),
+            "space": predictor.kind.space,
+            "metric": predictor.kind.metric,
+        },
+        "refiner": {"version": getattr(refiner, "version", "unknown")},
+        "mode": mode,
+        "resolutions": {"low": low, "high": high},
+        "two_stage": asdict(two) if (mode == "two-stage" and two is not None) else None,
+    }
+
+
+def _prepare_output(output: Path, identity: dict, skip_existing: bool) -> dict:
+    """Create OUTPUT, or reopen it for resuming; returns the manifest to continue."""
+    if output.exists() and not output.is_dir():
+        raise RefineJobError(f"output {output} exists and is not a folder")
+    existing = output.exists() and any(output.iterdir())
+    if existing and not skip_existing:
+        raise RefineJobError(f"output folder {output} already exists and is not empty; pass --skip-existing to resume it, or choose a new folder")
+    if existing:
+        mpath = output / MANIFEST
+        if not mpath.is_file():
+            raise RefineJobError(f"cannot resume {output}: it has no {MANIFEST} (not an `sddr refine` output)")
+        import json
+
+        manifest = json.loads(mpath.read_text())
+        old = {k: manifest.get(k) for k in identity}
+        if old != identity:
+            diff = [k for k in identity if old.get(k) != identity[k]]
+            raise RefineJobError(
+                f"cannot resume {output}: it was made with a different {', '.join(diff)} "
+                f"({[old.get(k) for k in diff]} vs {[identity[k] for k in diff]}); use a new output folder"
+            )
+        remove_temporaries(output)
+        manifest["errors"] = []
+        return manifest
+    output.mkdir(parents=True, exist_ok=True)
+    return {
+        "sddr_pipeline": __version__,
+        "created": _now(),
+        **identity,
+        "outputs": {
+            "depth_npy": "depth/<name>.npy: float32 HxW at the input's resolution, in each image's `space` (depth or disparity) and units (`metric`: metres or 1/metres; else the predictor's relative units)",
+            "depth_png": f"depth/<name>.png: 16-bit PNG, {PNG16_ENCODING} (scale/offset per image below and in the PNG's 'sddr' text chunk)",
+            "preview": "preview/<name>.png: input beside the colourised refined map (warm = near)",
+        },
+        "images": {},
+        "errors": [],
+    }
+
+
+def refine_folder(
+    input_path: str | Path,
+    output_path: str | Path,
+    predictor: Predictor,
+    refiner,
+    *,
+    predictor_spec: str = "",
+    mode: str = "one-stage",
+    low_res: int | None = None,
+    high_res: int | None = None,
+    two_stage: TwoStageConfig | None = None,
+    layout: str = "auto",
+    on_error: OnError = "fail",
+    skip_existing: bool = False,
+    save_predictions: bool = False,
+    progress: bool = True,
+) -> JobReport:
+    """Refine every image of ``input_path`` into ``output_path`` (layout in the module doc).
+
+    With ``on_error="fail"`` the first bad image stops the job with a
+    :class:`RefineJobError` naming the file and the reason; with ``"skip"`` it is recorded
+    in the manifest and the rest are processed (check ``report.failed``).
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    src, out = Path(input_path), Path(output_path)
+    if not src.exists():
+        raise RefineJobError(f"input {src} does not exist")
+    try:
+        dataset = open_dataset(src, layout=layout)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RefineJobError(f"cannot read input {src}: {exc}") from exc
+    if len(dataset) == 0:
+        raise RefineJobError(f"input {src} holds no images")
+    two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
+    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage)
+    manifest = _prepare_output(out, identity, skip_existing)
+    manifest["input"] = str(src.resolve())
+    manifest["layout"] = dataset.layout
+    images: dict = manifest["images"]
+    report = JobReport(out)
+    t_start = time.perf_counter()
+    last_save = 0.0
+    bar = _progress(len(dataset), progress)
+    try:
+        for sample in dataset:
+            name = _safe_name(sample.name)
+            entry = images.get(name)
+            if skip_existing and entry and entry.get("status") == "done" and (out / entry["outputs"]["depth_npy"]).is_file():
+                report.skipped.append(name)
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            stage = "read"
+            try:
+                image = sample.image()
+                stage = "refine"
+                result = refine(
+                    image,
+                    predictor,
+                    refiner,
+                    mode=mode,  # type: ignore[arg-type]
+                    low_res=low_res,
+                    high_res=high_res,
+                    context=sample.context(),
+                    two_stage=two_stage,
+                    edges=False,
+                )
+                stage = "write"
+                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, time.perf_counter() - t0)
+                report.done.append(name)
+            except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                images[name] = {"status": "failed", "input": str(sample.image_path), "stage": stage, "reason": reason}
+                manifest["errors"].append({"name": name, "input": str(sample.image_path), "stage": stage, "reason": reason})
+                report.failed[name] = reason
+                if on_error == "fail":
+                    raise RefineJobError(f"{sample.image_path}: {stage} failed: {reason} (use --on-error skip to continue past bad images)") from exc
+            bar.update(1)
+            if time.perf_counter() - last_save > 2.0:
+                _save_manifest(out, manifest, report, t_start)
+                last_save = time.perf_counter()
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t_start
+        _save_manifest(out, manifest, report, t_start)
+    return report
+
+
+def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save_predictions: bool, seconds: float) -> dict:
+    rel = {
+        "depth_npy": f"depth/{name}.npy",
+        "depth_png": f"depth/{name}.png",
+        "preview": f"preview/{name}.png",
+    }
+    save_npy(out / rel["depth_npy"], result.depth)
+    png = save_png16(out / rel["depth_png"], result.depth)
+    save_preview(out / rel["preview"], image, result.normalized)
+    if save_predictions:
+        rel["low"] = f"low/{name}.npy"
+        rel["high"] = f"high/{name}.npy"
+        save_npy(out / rel["low"], result.low)
+        save_npy(out / rel["high"], result.high)
+    return {
+        "status": "done",
+        "input": str(sample.image_path),
+        "size": [int(image.shape[0]), int(image.shape[1])],
+        "space": result.space,
+        "metric": result.metric,
+        "scale_source": result.scale_source,
+        "alignment": {"scale": result.alignment[0], "shift": result.alignment[1]},
+        "png16": {"scale": png["scale"], "offset": png["offset"]},
+        "prediction_shapes": {"low": list(result.low.shape), "high": list(result.high.shape)},
+        "outputs": rel,
+        "timings_s": {k: round(v, 4) for k, v in {**result.timings, "total": seconds}.items()},
+    }
+
+
+def _save_manifest(out: Path, manifest: dict, report: JobReport, t_start: float) -> None:
+    images = manifest["images"]
+    manifest["updated"] = _now()
+    manifest["counts"] = {
+        "done": sum(1 for e in images.values() if e.get("status") == "done"),
+        "failed": sum(1 for e in images.values() if e.get("status") == "failed"),
+        "this_run": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed)},
+    }
+    manifest["last_run_seconds"] = round(time.perf_counter() - t_start, 3)
+    atomic_write_json(out / MANIFEST, manifest)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="sddr refine", file=sys.stderr, dynamic_ncols=True)

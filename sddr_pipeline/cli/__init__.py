@@ -1,0 +1,1 @@
+"""The ``sddr`` command line: a thin layer over the Python API."""

@@ -1,0 +1,178 @@
+"""``sddr`` command line. Each sub-command parses arguments and calls the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .. import __version__
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda`` without
+    one is a clear error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("sddr: --device cuda was requested but torch finds no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise SystemExit(f"sddr: unknown device {name!r} (use auto, cpu or cuda)")
+    return name
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be positive")
+    return v
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH, e.g. 384x512")
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError("each side must be at least 16 px")
+    return h, w
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from ..batch import RefineJobError, refine_folder
+    from ..inference import TwoStageConfig
+    from ..models import Refiner, RefinerWeightsError
+    from ..predictors import PredictorError, get_predictor
+
+    device = resolve_device(args.device)
+    try:
+        refiner = Refiner.from_pretrained(args.weights, device=device)
+        predictor = get_predictor(args.predictor, device=device)
+    except (RefinerWeightsError, PredictorError, FileNotFoundError, ValueError) as exc:
+        print(f"sddr refine: {exc}", file=sys.stderr)
+        return 2
+    two = TwoStageConfig(steps=args.steps) if args.mode == "two-stage" else None
+    try:
+        report = refine_folder(
+            args.input,
+            args.output,
+            predictor,
+            refiner,
+            predictor_spec=args.predictor,
+            mode=args.mode,
+            low_res=args.low_res,
+            high_res=args.high_res,
+            two_stage=two,
+            layout=args.layout,
+            on_error=args.on_error,
+            skip_existing=args.skip_existing,
+            save_predictions=args.save_predictions,
+            progress=not args.quiet,
+        )
+    except RefineJobError as exc:
+        print(f"sddr refine: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"sddr refine: {len(report.done)} refined, {len(report.skipped)} skipped (already done), "
+        f"{len(report.failed)} failed in {report.seconds:.1f} s -> {report.output}"
+    )
+    if report.failed:
+        print("failed images:", file=sys.stderr)
+        for name, reason in report.failed.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ..data import write_synthetic_dataset
+
+    h, w = args.size
+    try:
+        root = write_synthetic_dataset(args.output, count=args.count, height=h, width=w, seed=args.seed, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as exc:
+        print(f"sddr synth: {exc}", file=sys.stderr)
+        return 2
+    print(f"sddr synth: wrote {args.count} synthetic RGB-D scenes ({h}x{w}, seed {args.seed}) to {root}")
+    return 0
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from ..bench.speed import SpeedBenchConfig, format_report, run_speed_bench
+
+    cfg = SpeedBenchConfig(reps=args.reps, threads=args.threads, device=resolve_device(args.device), sizes=tuple(args.sizes))
+    report = run_speed_bench(cfg, progress=print)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_predictors(args: argparse.Namespace) -> int:
+    from ..registry import PREDICTORS
+
+    for name in PREDICTORS.names():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sddr", description="Self-Distilled Depth Refinement for any depth predictor.")
+    p.add_argument("--version", action="version", version=f"sddr-pipeline {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("refine", help="refine every image of a folder or dataset into OUTPUT")
+    r.add_argument("input", type=Path, help="folder of images, or a dataset folder (generic, Middlebury, KITTI, NYU, ...)")
+    r.add_argument("output", type=Path, help="output folder (refused if it exists, unless --skip-existing)")
+    r.add_argument("--predictor", required=True, help="predictor spec: hf:ID|FOLDER, torchscript:PATH, onnx:PATH, python:MOD:FN, simulated[:k=v,...]")
+    r.add_argument("--weights", default="default", help="refiner weights: 'default' (bundled) or a folder/.safetensors file (default: %(default)s)")
+    r.add_argument("--mode", choices=("one-stage", "two-stage"), default="one-stage", help="default: %(default)s")
+    r.add_argument("--steps", type=_positive_int, default=2, help="two-stage coarse-to-fine steps (default: %(default)s)")
+    r.add_argument("--low-res", type=_positive_int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
+    r.add_argument("--high-res", type=_positive_int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
+    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    r.add_argument("--layout", default="auto", help="input layout: auto, images, generic, middlebury2014, middlebury2005_2006, kitti, nyu, rgbd_sequence")
+    r.add_argument("--on-error", choices=("skip", "fail"), default="fail", help="what a bad image does (default: %(default)s)")
+    r.add_argument("--skip-existing", action="store_true", help="resume: reuse OUTPUT and skip images already done")
+    r.add_argument("--save-predictions", action="store_true", help="also write raw low/high predictions as low/<name>.npy, high/<name>.npy")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_refine)
+
+    s = sub.add_parser("synth", help="write procedural synthetic RGB-D scenes (exact depth) in the generic layout")
+    s.add_argument("output", type=Path)
+    s.add_argument("--count", type=_positive_int, default=4)
+    s.add_argument("--size", type=_size, default=(384, 512), help="HEIGHTxWIDTH (default: 384x512)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    sp = bsub.add_parser("speed", help="predictor vs refiner timings, side by side, medians of interleaved repetitions")
+    sp.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    sp.add_argument("--reps", type=_positive_int, default=5, help="interleaved repetitions (default: %(default)s, at least 5 for reported numbers)")
+    sp.add_argument("--threads", type=_positive_int, default=None, help="torch threads for everything (default: torch's current)")
+    sp.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    sp.add_argument("--sizes", type=_positive_int, nargs="+", default=[512, 1024, 2048], help="one-stage square sizes (default: 512 1024 2048)")
+    sp.set_defaults(func=cmd_bench_speed)
+
+    pr = sub.add_parser("predictors", help="list registered predictor names (built-ins and entry points)")
+    pr.set_defaults(func=cmd_predictors)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Inference: one-stage and coarse-to-fine two-stage SDDR refinement of single images."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from ..predictors.base import Predictor, SampleContext
+from .one_stage import DEFAULT_HIGH_RES, DEFAULT_LOW_RES, refine_one_stage, refine_predictions
+from .result import RefineResult, ScaleReference
+from .two_stage import TwoStageConfig, coarse_to_fine, refine_two_stage
+
+Mode = Literal["one-stage", "two-stage"]
+MODES: tuple[str, ...] = ("one-stage", "two-stage")
+
+
+def refine(
+    image: np.ndarray,
+    predictor: Predictor,
+    refiner,
+    *,
+    mode: Mode = "one-stage",
+    low_res: int | None = None,
+    high_res: int | None = None,
+    context: SampleContext | None = None,
+    scale_reference: ScaleReference | None = None,
+    two_stage: TwoStageConfig | None = None,
+    edges: bool = True,
+) -> RefineResult:
+    """Refine one HxWx3 uint8 image with ``mode`` ``"one-stage"`` or ``"two-stage"``.
+
+    ``edges=False`` lets one-stage skip the edge map (two-stage always computes it).
+    """
+    if mode == "one-stage":
+        return refine_one_stage(
+            image,
+            predictor,
+            refiner,
+            low_res=low_res,
+            high_res=high_res,
+            context=context,
+            scale_reference=scale_reference,
+            edges=edges,
+        )
+    if mode == "two-stage":
+        return refine_two_stage(
+            image,
+            predictor,
+            refiner,
+            low_res=low_res,
+            high_res=high_res,
+            context=context,
+            scale_reference=scale_reference,
+            config=two_stage,
+        )
+    raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+__all__ = [
+    "DEFAULT_HIGH_RES",
+    "DEFAULT_LOW_RES",
+    "MODES",
+    "RefineResult",
+    "ScaleReference",
+    "TwoStageConfig",
+    "coarse_to_fine",
+    "refine",
+    "refine_one_stage",
+    "refine_predictions",
+    "refine_two_stage",
+]

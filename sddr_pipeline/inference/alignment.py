@@ -1,0 +1,132 @@
+"""Scale/shift alignment of one map to another: plain, robust, and in the gradient domain.
+
+All functions take tensors of the same shape (any leading dims) and an optional boolean
+mask of valid pixels, and return Python floats ``(scale, shift)`` such that
+``scale * src + shift`` approximates ``ref``. Sums are accumulated in float64.
+"""
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-12
+
+
+def _masked(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    s = src.double().reshape(-1)
+    r = ref.double().reshape(-1)
+    if mask is not None:
+        m = mask.reshape(-1).bool()
+        s, r = s[m], r[m]
+    return s, r
+
+
+def _weighted_fit(s: torch.Tensor, r: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
+    sw = float(w.sum())
+    if sw <= _EPS:
+        return 1.0, 0.0
+    ms = float((w * s).sum()) / sw
+    mr = float((w * r).sum()) / sw
+    var = float((w * (s - ms) ** 2).sum())
+    if var <= _EPS * max(1.0, sw):
+        return 1.0, mr - ms
+    scale = float((w * (s - ms) * (r - mr)).sum()) / var
+    return scale, mr - scale * ms
+
+
+def align_least_squares(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """Closed-form least squares ``argmin_{a,b} sum (a*src + b - ref)^2`` over the mask.
+
+    A constant ``src`` has no defined scale: it returns scale 1 and the shift of the means.
+    """
+    s, r = _masked(src, ref, mask)
+    if s.numel() == 0:
+        return 1.0, 0.0
+    return _weighted_fit(s, r, torch.ones_like(s))
+
+
+def align_robust(
+    src: torch.Tensor,
+    ref: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    iters: int = 10,
+    huber: float = 1.345,
+) -> tuple[float, float]:
+    """Scale/shift by iteratively reweighted least squares with Huber weights.
+
+    The residual scale is re-estimated each iteration from the median absolute deviation,
+    so a minority of wild pixels (wrong sparse points, holes) cannot drag the fit.
+    """
+    s, r = _masked(src, ref, mask)
+    if s.numel() == 0:
+        return 1.0, 0.0
+    w = torch.ones_like(s)
+    a, b = _weighted_fit(s, r, w)
+    for _ in range(iters):
+        res = r - (a * s + b)
+        mad = float((res - res.median()).abs().median()) * 1.4826
+        if mad <= _EPS:
+            break
+        u = (res / (huber * mad)).abs()
+        w = torch.where(u <= 1, torch.ones_like(u), 1.0 / u.clamp_min(_EPS))
+        a_new, b_new = _weighted_fit(s, r, w)
+        converged = abs(a_new - a) <= 1e-9 * max(1.0, abs(a)) and abs(b_new - b) <= 1e-9 * max(1.0, abs(b))
+        a, b = a_new, b_new
+        if converged:
+            break
+    return a, b
+
+
+def forward_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along W and H (shapes ...xHx(W-1) and ...x(H-1)xW)."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def align_gradient(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """Scale fitted in the GRADIENT domain, shift from the values.
+
+    ``scale = <grad src, grad ref> / <grad src, grad src>`` over gradient pairs whose two
+    pixels are both valid; ``shift = mean(ref - scale * src)``. Matching gradients, not
+    values, keeps a window's edges from being bent to the blurry estimate it is aligned
+    to. When ``src`` is flat or the fitted scale is not positive, it falls back to
+    :func:`align_least_squares` on values.
+    """
+    gxs, gys = forward_gradients(src.double())
+    gxr, gyr = forward_gradients(ref.double())
+    if mask is not None:
+        m = mask.bool()
+        mx = m[..., :, 1:] & m[..., :, :-1]
+        my = m[..., 1:, :] & m[..., :-1, :]
+        gxs, gxr = gxs[mx], gxr[mx]
+        gys, gyr = gys[my], gyr[my]
+    num = float((gxs * gxr).sum() + (gys * gyr).sum())
+    den = float((gxs * gxs).sum() + (gys * gys).sum())
+    if den <= _EPS or num <= 0:
+        return align_least_squares(src, ref, mask)
+    scale = num / den
+    s, r = _masked(src, ref, mask)
+    return scale, float((r - scale * s).mean())
+
+
+def align_gradient_batch(src: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`align_gradient` for a batch (Bx1xHxW), computed on the tensors' device with
+    no host synchronisation; returns ``(scale, shift)`` tensors of shape B.
+
+    Where a sample's gradient fit is degenerate (flat ``src`` or non-positive scale) it
+    falls back to the value least-squares fit, as the scalar version does.
+    """
+    s = src.double().flatten(1)
+    r = ref.double().flatten(1)
+    gxs, gys = forward_gradients(src.double())
+    gxr, gyr = forward_gradients(ref.double())
+    num = (gxs * gxr).flatten(1).sum(1) + (gys * gyr).flatten(1).sum(1)
+    den = (gxs * gxs).flatten(1).sum(1) + (gys * gys).flatten(1).sum(1)
+    grad_ok = (den > _EPS) & (num > 0)
+    g_scale = num / torch.where(grad_ok, den, torch.ones_like(den))
+    ms, mr = s.mean(1), r.mean(1)
+    var = ((s - ms[:, None]) ** 2).sum(1)
+    cov = ((s - ms[:, None]) * (r - mr[:, None])).sum(1)
+    var_ok = var > _EPS * s.shape[1]
+    v_scale = torch.where(var_ok, cov / torch.where(var_ok, var, torch.ones_like(var)), torch.ones_like(var))
+    scale = torch.where(grad_ok, g_scale, v_scale)
+    shift = mr - scale * ms
+    return scale.to(src.dtype), shift.to(src.dtype)

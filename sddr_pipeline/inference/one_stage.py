@@ -1,0 +1,187 @@
+"""One-stage SDDR: predictor at low and high resolution, normalise, refine, restore units."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..predictors.base import OutputKind, Predictor, PredictorError, SampleContext, check_image
+from .alignment import align_least_squares, align_robust
+from .edges import edge_map
+from .normalize import from_disparity_like, minmax_normalize, prepare_prediction_batch, resize
+from .result import RefineResult, ScaleReference
+
+DEFAULT_LOW_RES = 384
+DEFAULT_HIGH_RES = 1024
+
+
+def default_resolutions(predictor: Predictor, low_res: int | None, high_res: int | None) -> tuple[int, int]:
+    """The user's resolutions, else the predictor's preferred ones, else 384 / 1024."""
+    pref = getattr(predictor, "default_resolutions", None) or (DEFAULT_LOW_RES, DEFAULT_HIGH_RES)
+    low = int(low_res or pref[0])
+    high = int(high_res or pref[1])
+    if low <= 0 or high <= 0:
+        raise ValueError(f"resolutions must be positive, got low={low} high={high}")
+    if low > high:
+        raise ValueError(f"low resolution ({low}) must not exceed high resolution ({high})")
+    return low, high
+
+
+@dataclass
+class RefinedMaps:
+    """Refiner output at working size, in the refiner's normalised disparity-like space."""
+
+    refined: torch.Tensor  # 1x1xHxW
+    omega: torch.Tensor  # 1x1xHxW
+    low_disp: torch.Tensor  # 1x1xhxw, predictor units (disparity-like), low working size
+    high_disp: torch.Tensor  # 1x1xHxW, predictor units (disparity-like), refinement size
+
+
+def refine_predictions(low: np.ndarray, high: np.ndarray, kind: OutputKind, refiner) -> RefinedMaps:
+    """Run the refiner on two raw predictions of one image.
+
+    Both are made disparity-like, resized to the HIGH prediction's size (the refinement
+    working size), min-max normalised independently (as the network was trained) and
+    refined. Pure computation: no predictor, no I/O.
+    """
+    device = refiner.device
+    low_d, high_d = prepare_prediction_batch([low, high], kind, device)
+    size = tuple(high_d.shape[-2:])
+    low_n, _, _ = minmax_normalize(resize(low_d, size))
+    high_n, _, _ = minmax_normalize(high_d)
+    out = refiner(low_n, high_n)
+    return RefinedMaps(out.depth.float(), out.omega.float(), low_d, high_d)
+
+
+def restore_units(
+    refined: torch.Tensor,
+    low_disp: torch.Tensor,
+    kind: OutputKind,
+    image_size: tuple[int, int],
+    scale_reference: ScaleReference | None = None,
+) -> tuple[torch.Tensor, str, bool, str, tuple[float, float]]:
+    """Bring the normalised refined map back to units a user can use, at image size.
+
+    Relative predictors: least-squares scale/shift to the consistent LOW prediction (at
+    its own resolution), keeping the predictor's polarity. Metric predictors: the same
+    fit made robust, so the result is metric. A ``scale_reference`` (sparse metric depths)
+    overrides both: a robust fit of the refined disparity to 1/depth at those pixels, so
+    the result is metric depth. Returns (map, space, metric, scale_source, (scale, shift)).
+    """
+    full = resize(refined, image_size)
+    if scale_reference is not None:
+        pts = np.asarray(scale_reference.points, dtype=np.float64)
+        d = np.asarray(scale_reference.depth, dtype=np.float64)
+        rows = np.clip(np.round(pts[:, 0]).astype(int), 0, image_size[0] - 1)
+        cols = np.clip(np.round(pts[:, 1]).astype(int), 0, image_size[1] - 1)
+        ok = np.isfinite(d) & (d > 0)
+        if ok.sum() < 3:
+            raise ValueError(f"scale reference has {int(ok.sum())} valid points; at least 3 are needed")
+        src = full[0, 0][torch.from_numpy(rows[ok]), torch.from_numpy(cols[ok])]
+        a, b = align_robust(src, torch.from_numpy(1.0 / d[ok]).to(src.device))
+        disp = a * full + b
+        return from_disparity_like(disp, OutputKind("depth", True)), "depth", True, "reference", (a, b)
+    small = resize(refined, tuple(low_disp.shape[-2:]))
+    fit = align_robust if kind.metric else align_least_squares
+    a, b = fit(small, low_disp)
+    disp = a * full + b
+    source = "metric-predictor" if kind.metric else "predictor"
+    return from_disparity_like(disp, kind), kind.space, kind.metric, source, (a, b)
+
+
+def _predict(predictor: Predictor, image: np.ndarray, res: int, ctx: SampleContext | None) -> np.ndarray:
+    try:
+        return predictor.predict(image, res, ctx)
+    except PredictorError:
+        raise
+    except Exception as exc:  # a third-party model failing must still name the predictor
+        raise PredictorError(f"predictor {getattr(predictor, 'name', predictor)!r} failed at {res}px: {exc}") from exc
+
+
+def _predict_batch(
+    predictor: Predictor, images: list[np.ndarray], res: int, contexts: list[SampleContext | None]
+) -> list[np.ndarray]:
+    try:
+        return predictor.predict_batch(images, res, contexts)
+    except PredictorError:
+        raise
+    except Exception as exc:
+        raise PredictorError(f"predictor {getattr(predictor, 'name', predictor)!r} failed on windows at {res}px: {exc}") from exc
+
+
+def predict_pair(
+    image: np.ndarray, predictor: Predictor, low_res: int, high_res: int, context: SampleContext | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The LOW and HIGH predictions of one image, with their timings in seconds."""
+    check_image(image)
+    t0 = time.perf_counter()
+    low = _predict(predictor, image, low_res, context)
+    t1 = time.perf_counter()
+    high = _predict(predictor, image, high_res, context)
+    t2 = time.perf_counter()
+    return low, high, {"predict_low": t1 - t0, "predict_high": t2 - t1}
+
+
+def finish(
+    maps: RefinedMaps,
+    kind: OutputKind,
+    image_size: tuple[int, int],
+    low: np.ndarray,
+    high: np.ndarray,
+    mode: str,
+    steps: int,
+    timings: dict[str, float],
+    scale_reference: ScaleReference | None,
+    edges: torch.Tensor | None = None,
+    edge_history: list[np.ndarray] | None = None,
+    want_edges: bool = True,
+) -> RefineResult:
+    """Package refiner maps as a :class:`RefineResult` at the image's size."""
+    t0 = time.perf_counter()
+    depth, space, metric, source, ab = restore_units(maps.refined, maps.low_disp, kind, image_size, scale_reference)
+    if edges is None and want_edges:
+        edges = edge_map(maps.refined)
+    result = RefineResult(
+        depth=depth[0, 0].float().cpu().numpy(),
+        space=space,
+        metric=metric,
+        scale_source=source,
+        normalized=resize(maps.refined, image_size)[0, 0].cpu().numpy(),
+        omega=resize(maps.omega, image_size)[0, 0].clamp(0, 1).cpu().numpy(),
+        edges=None if edges is None else resize(edges, image_size)[0, 0].cpu().numpy(),
+        low=np.asarray(low, dtype=np.float32),
+        high=np.asarray(high, dtype=np.float32),
+        mode=mode,
+        steps=steps,
+        alignment=ab,
+        timings=timings,
+        edge_history=edge_history or [],
+    )
+    result.timings["finish"] = time.perf_counter() - t0
+    return result
+
+
+def refine_one_stage(
+    image: np.ndarray,
+    predictor: Predictor,
+    refiner,
+    *,
+    low_res: int | None = None,
+    high_res: int | None = None,
+    context: SampleContext | None = None,
+    scale_reference: ScaleReference | None = None,
+    edges: bool = True,
+) -> RefineResult:
+    """Refine one HxWx3 uint8 image: predict at low and high resolution, fuse with SDDR.
+
+    Returns the refined map at the image's size (see :class:`RefineResult` for units);
+    ``edges=False`` skips computing the edge map G (saves a bilateral filter pass).
+    """
+    low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
+    t0 = time.perf_counter()
+    maps = refine_predictions(low, high, predictor.kind, refiner)
+    timings["refine"] = time.perf_counter() - t0
+    return finish(maps, predictor.kind, image.shape[:2], low, high, "one-stage", 0, timings, scale_reference, want_edges=edges)

@@ -1,0 +1,59 @@
+"""What a refinement returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScaleReference:
+    """Sparse metric depths (e.g. SfM points) used to bring a relative map to metres.
+
+    ``points`` is an Nx2 array of (row, col) pixel coordinates in the full image and
+    ``depth`` the N metric depths there.
+    """
+
+    points: np.ndarray
+    depth: np.ndarray
+
+    def __post_init__(self) -> None:
+        pts = np.asarray(self.points)
+        d = np.asarray(self.depth)
+        if pts.ndim != 2 or pts.shape[1] != 2 or d.shape != (pts.shape[0],):
+            raise ValueError(f"scale reference needs Nx2 points and N depths, got {pts.shape} and {d.shape}")
+
+
+@dataclass
+class RefineResult:
+    """A refined depth map and what it means.
+
+    ``depth`` is float32 at the input image's size, in ``space`` ("disparity" or "depth")
+    and metric units when ``metric`` (metres, or 1/metres for disparity), otherwise in
+    the predictor's relative units (its scale and shift fitted to the consistent
+    low-resolution prediction). ``scale_source`` says where the scale came from:
+    ``"predictor"`` (relative), ``"metric-predictor"`` or ``"reference"``.
+    ``normalized`` is the refined disparity-like map in the refiner's [0, 1] space,
+    ``omega`` where detail was taken from the high-resolution prediction, ``edges`` the
+    edge representation G of the result (None when not requested); ``low``/``high`` are the raw predictions at
+    their working resolutions.
+    """
+
+    depth: np.ndarray
+    space: str
+    metric: bool
+    scale_source: str
+    normalized: np.ndarray
+    omega: np.ndarray
+    edges: np.ndarray | None
+    low: np.ndarray
+    high: np.ndarray
+    mode: str
+    steps: int = 0
+    alignment: tuple[float, float] = (1.0, 0.0)
+    timings: dict[str, float] = field(default_factory=dict)
+    edge_history: list[np.ndarray] = field(default_factory=list)
+
+    def describe(self) -> str:
+        units = "metric" if self.metric else "relative"
+        return f"{units} {self.space} ({self.scale_source})"

@@ -1,0 +1,184 @@
+"""Architecture configuration of the SDDR refinement network N_r, and its named presets.
+
+A :class:`RefinerConfig` fully determines the module layout (and so the weight-file keys);
+it is stored next to the weights as JSON (``config.json`` or safetensors metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: Stride of the stem in front of the MiT encoder (its input is the 1/4-scale stem feature).
+STEM_STRIDE = 4
+#: MiT patch-embedding kernels and strides per stage (1/16 ... 1/128 of the network input).
+MIT_PATCH_SIZES = (7, 3, 3, 3)
+MIT_STRIDES = (4, 2, 2, 2)
+#: Every network input is padded to a multiple of this.
+TOTAL_STRIDE = STEM_STRIDE * 4 * 2 * 2 * 2
+
+
+def _ints(value: Any, n: int, name: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of {n} integers, got {value!r}") from None
+    if len(out) != n:
+        raise ValueError(f"{name} must have {n} entries, got {len(out)}: {value!r}")
+    if any(v != w for v, w in zip(out, value)):
+        raise ValueError(f"{name} must hold integers, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """Hyper-parameters of N_r; validated on construction (``ValueError`` on bad values).
+
+    Levels of the decoder, coarse to fine: the four MiT stages (1/128, 1/64, 1/32, 1/16
+    of the network input) then the stem's 1/8, 1/4 and 1/2 features; ``decoder_channels``
+    gives the decoder width at each of these seven levels. ``head_channels`` is the width of
+    the full-resolution depth head. ``depthwise`` swaps the 3x3 convolutions of the stem and
+    the decoder for depthwise-separable ones (speed). ``max_side`` bounds the long side the
+    network runs at; larger inputs are guided-upsampled (``guided_radius``/``guided_eps``).
+    """
+
+    name: str = "custom"
+    stem_channels: tuple[int, int, int] = (8, 16, 32)
+    mit_hidden_sizes: tuple[int, int, int, int] = (32, 64, 160, 256)
+    mit_depths: tuple[int, int, int, int] = (2, 2, 2, 2)
+    mit_num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
+    mit_sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    mit_mlp_ratios: tuple[int, int, int, int] = (4, 4, 4, 4)
+    interaction_layers: int = 8
+    interaction_heads: int = 8
+    interaction_ffn: int = 1024
+    decoder_channels: tuple[int, ...] = (256, 160, 96, 64, 32, 16, 8)
+    mask_channels: int = 16
+    head_channels: int = 8
+    depthwise: bool = False
+    max_side: int = 1024
+    guided_radius: int = 2
+    guided_eps: float = 1e-4
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        set_(self, "stem_channels", _ints(self.stem_channels, 3, "stem_channels"))
+        for key in ("mit_hidden_sizes", "mit_depths", "mit_num_heads", "mit_sr_ratios", "mit_mlp_ratios"):
+            set_(self, key, _ints(getattr(self, key), 4, key))
+        set_(self, "decoder_channels", _ints(self.decoder_channels, 7, "decoder_channels"))
+        positive = {
+            "stem_channels": self.stem_channels,
+            "mit_hidden_sizes": self.mit_hidden_sizes,
+            "mit_depths": self.mit_depths,
+            "mit_num_heads": self.mit_num_heads,
+            "mit_sr_ratios": self.mit_sr_ratios,
+            "mit_mlp_ratios": self.mit_mlp_ratios,
+            "decoder_channels": self.decoder_channels,
+        }
+        for key, values in positive.items():
+            if any(v < 1 for v in values):
+                raise ValueError(f"{key} must be positive, got {values}")
+        for hidden, heads in zip(self.mit_hidden_sizes, self.mit_num_heads):
+            if hidden % heads:
+                raise ValueError(f"mit_hidden_sizes {self.mit_hidden_sizes} must be divisible by mit_num_heads {self.mit_num_heads}")
+        for key in ("interaction_layers", "interaction_heads", "interaction_ffn", "mask_channels",
+                    "head_channels", "max_side", "guided_radius"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{key} must be an integer, got {value!r}")
+        if self.interaction_layers < 0:
+            raise ValueError(f"interaction_layers must be >= 0, got {self.interaction_layers}")
+        for key in ("interaction_heads", "interaction_ffn", "mask_channels", "head_channels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        deepest = self.mit_hidden_sizes[-1]
+        if deepest % 4:
+            raise ValueError(f"the deepest MiT width {deepest} must be divisible by 4 (2-D sine encoding)")
+        if self.interaction_layers and deepest % self.interaction_heads:
+            raise ValueError(f"the deepest MiT width {deepest} must be divisible by interaction_heads {self.interaction_heads}")
+        if self.max_side < TOTAL_STRIDE:
+            raise ValueError(f"max_side must be >= {TOTAL_STRIDE}, got {self.max_side}")
+        if self.guided_radius < 1:
+            raise ValueError(f"guided_radius must be >= 1, got {self.guided_radius}")
+        if not isinstance(self.depthwise, bool):
+            raise ValueError(f"depthwise must be a bool, got {self.depthwise!r}")
+        if not float(self.guided_eps) > 0:
+            raise ValueError(f"guided_eps must be > 0, got {self.guided_eps!r}")
+        if not 0.0 <= float(self.drop_path_rate) < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
+        set_(self, "guided_eps", float(self.guided_eps))
+        set_(self, "drop_path_rate", float(self.drop_path_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RefinerConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be silently ignored)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a refiner config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown refiner config keys: {unknown}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RefinerConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"refiner config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "RefinerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, RefinerConfig] = {
+    # The paper's N_r: stem 8/16/32, MiT-b0, 8 joint attention layers with 8 heads (~16.8 M).
+    "sddr-paper": RefinerConfig(
+        name="sddr-paper",
+        stem_channels=(8, 16, 32),
+        mit_hidden_sizes=(32, 64, 160, 256),
+        mit_depths=(2, 2, 2, 2),
+        mit_num_heads=(1, 2, 5, 8),
+        mit_sr_ratios=(8, 4, 2, 1),
+        mit_mlp_ratios=(4, 4, 4, 4),
+        interaction_layers=8,
+        interaction_heads=8,
+        interaction_ffn=2048,
+        decoder_channels=(256, 160, 96, 64, 32, 16, 8),
+        mask_channels=16,
+        head_channels=8,
+        depthwise=False,
+        max_side=1024,
+    ),
+    # CPU default: same structure, one block per MiT stage, slim interaction and decoder.
+    "sddr-small": RefinerConfig(
+        name="sddr-small",
+        stem_channels=(8, 16, 32),
+        mit_hidden_sizes=(32, 64, 128, 160),
+        mit_depths=(1, 1, 1, 1),
+        mit_num_heads=(1, 2, 4, 5),
+        mit_sr_ratios=(8, 4, 2, 1),
+        mit_mlp_ratios=(2, 2, 2, 2),
+        interaction_layers=2,
+        interaction_heads=4,
+        interaction_ffn=320,
+        decoder_channels=(96, 64, 48, 32, 16, 12, 8),
+        mask_channels=8,
+        head_channels=8,
+        depthwise=True,
+        max_side=512,
+    ),
+}
