@@ -27,7 +27,15 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..predictors.base import SampleContext
-from .images import IMAGE_EXTENSIONS, ImageReadError, image_size, read_depth_png16, read_gray8, read_image, read_pfm
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    image_size,
+    read_depth_png16,
+    read_gray8,
+    read_image,
+    read_pfm,
+)
 
 GtKind = Literal["depth", "disparity"]
 
@@ -184,12 +192,17 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _scan_images(base: Path) -> dict[str, Path]:
-    """``{name: path}`` for every image under ``base`` (recursive, hidden entries skipped)."""
-    found: dict[str, Path] = {}
+def _iter_images(base: Path) -> Iterator[Path]:
+    """Image files under ``base`` (recursive, sorted), skipping hidden files and folders."""
     for path in sorted(base.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(base).parts) or not _is_image(path):
-            continue
+        if not any(part.startswith(".") for part in path.relative_to(base).parts) and _is_image(path):
+            yield path
+
+
+def _scan_images(base: Path) -> dict[str, Path]:
+    """``{name: path}`` for every image under ``base``; two files with one name are an error."""
+    found: dict[str, Path] = {}
+    for path in _iter_images(base):
         name = _stem_name(path, base)
         if name in found:
             raise DatasetError(
@@ -323,7 +336,9 @@ def parse_middlebury_calib(path: Path) -> dict[str, Any]:
 
 
 def _middlebury2014_scenes(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "im0.png").is_file() and (d / "calib.txt").is_file())
+    return sorted(
+        d for d in root.iterdir() if d.is_dir() and (d / "im0.png").is_file() and (d / "calib.txt").is_file()
+    )
 
 
 def _middlebury2014_entries(root: Path) -> list[_Entry]:
@@ -335,7 +350,9 @@ def _middlebury2014_entries(root: Path) -> list[_Entry]:
         image_path, calib_path, disp_path = scene / "im0.png", scene / "calib.txt", scene / "disp0GT.pfm"
         calib = parse_middlebury_calib(calib_path)
         height, width = image_size(image_path)
-        # calib.txt describes the resolution it was written for; rescale to the image we have.
+        # calib.txt describes the resolution it was written for; rescale K and doffs to the image
+        # we have (plain scaling, as Middlebury derives its Q/H calibs). disp0GT.pfm must have the
+        # image's size, its values in image pixels (checked on load).
         sx = width / calib["width"] if "width" in calib else 1.0
         sy = height / calib["height"] if "height" in calib else sx
         if abs(sx - sy) > 0.01 * sx:
@@ -356,16 +373,20 @@ def _middlebury2014_entries(root: Path) -> list[_Entry]:
             "calib_scale": (sx, sy),
             "mask_nocc_path": mask if mask.is_file() else None,
         }
+        has_gt = disp_path.is_file()
         load = None
-        if disp_path.is_file():
-            load = lambda d=disp_path, f=focal, b=baseline_mm, o=doffs: middlebury_disparity_to_depth(read_pfm(d), f, b, o)
-        entries.append(
-            _Entry(_stem_name(image_path, root), image_path, "depth", load, disp_path if load else None, K, meta)
-        )
+        if has_gt:
+            load = lambda d=disp_path, f=focal, b=baseline_mm, o=doffs: (  # noqa: E731
+                middlebury_disparity_to_depth(read_pfm(d), f, b, o)
+            )
+        name = _stem_name(image_path, root)
+        entries.append(_Entry(name, image_path, "depth", load, disp_path if has_gt else None, K, meta))
     return entries
 
 
-def middlebury_disparity_to_depth(disp: np.ndarray, focal_px: float, baseline_mm: float, doffs_px: float) -> np.ndarray:
+def middlebury_disparity_to_depth(
+    disp: np.ndarray, focal_px: float, baseline_mm: float, doffs_px: float
+) -> np.ndarray:
     """Depth in METRES from Middlebury disparity: ``baseline * f / (disp + doffs) / 1000``.
 
     Disparity, focal length and doffs must be in the same pixel units (those of the image
@@ -531,8 +552,12 @@ def _rgbd_pairs(root: Path) -> list[tuple[Path, Path]]:
     """(colour, depth) pairs in frame order: from ``rgbd.match`` when present, else by file stem."""
     match = root / "rgbd.match"
     if match.is_file():
+        try:
+            lines = match.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"cannot read {match}: {exc}") from exc
         pairs = []
-        for n, line in enumerate(match.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             parts = line.split()
             if not parts:
                 continue
@@ -562,7 +587,8 @@ def _rgbd_entries(root: Path) -> list[_Entry]:
                 raise DatasetError(f"{root}: frame {i} file {p} does not exist")
         meta = {"units": "m", "frame": i, "pose": poses.get(i), "scale_verified": True}
         load = lambda p=depth: _load_depth_png(p, 1000.0)
-        entries.append(_Entry(_stem_name(colour, root), colour, "depth", load, depth, PRIMESENSE_INTRINSICS.copy(), meta))
+        K = PRIMESENSE_INTRINSICS.copy()
+        entries.append(_Entry(_stem_name(colour, root), colour, "depth", load, depth, K, meta))
     return entries
 
 
@@ -574,14 +600,18 @@ def _has_middlebury_old(root: Path) -> bool:
 
 
 def _has_images(root: Path) -> bool:
-    return any(_is_image(p) for p in root.rglob("*"))
+    return next(_iter_images(root), None) is not None
 
 
 _DETECTORS: tuple[tuple[str, str, Callable[[Path], bool]], ...] = (
     ("middlebury2014", "scene folders with im0.png + calib.txt", lambda r: bool(_middlebury2014_scenes(r))),
     ("kitti/nyu", ANNOTATION_FILE, lambda r: (r / ANNOTATION_FILE).is_file()),
     ("rgbd_sequence", "color/ and depth/ folders", lambda r: (r / "color").is_dir() and (r / "depth").is_dir()),
-    ("generic", "rgb/ with gt/ or dataset.json", lambda r: (r / "rgb").is_dir() and ((r / "gt").is_dir() or (r / "dataset.json").is_file())),
+    (
+        "generic",
+        "rgb/ with gt/ or dataset.json",
+        lambda r: (r / "rgb").is_dir() and ((r / "gt").is_dir() or (r / "dataset.json").is_file()),
+    ),
     ("middlebury2005_2006", "scene folders with view1.png+disp1.png, imL.png+disp2.png, ...", _has_middlebury_old),
     ("images", f"any image file ({', '.join(sorted(IMAGE_EXTENSIONS))})", _has_images),
 )

@@ -22,7 +22,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 DEFAULT_MAX_PIXELS = 200_000_000
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_TO_RGB_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+_TO_RGB_MODES = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr", "HSV")
 
 
 class ImageReadError(ValueError):
@@ -115,7 +115,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             return np.repeat(gray[:, :, None], 3, axis=2)
         if mode not in _TO_RGB_MODES:
             raise ImageReadError(path, f"unsupported pixel mode {mode!r}")
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        try:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (ValueError, OSError) as exc:
+            raise ImageReadError(path, f"cannot convert pixel mode {mode!r} to RGB ({exc})") from exc
     finally:
         raw.close()
     return np.ascontiguousarray(rgb)

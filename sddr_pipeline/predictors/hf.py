@@ -144,6 +144,7 @@ class HFDepthPredictor(BasePredictor):
         if self.dtype != torch.float32 and self.device.type != "cuda":
             warnings.warn(f"hf: dtype={dtype_name} needs CUDA; running in fp32 on {device}", stacklevel=2)
             self.dtype = torch.float32
+        OutputKind.from_options(options)  # reject bad kind/metric values before the slow load
 
         source, local = _source(arg)
         config = _load_config(source, local)

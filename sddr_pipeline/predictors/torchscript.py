@@ -16,6 +16,7 @@ the other built-in predictors.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -186,7 +187,9 @@ class TorchScriptPredictor(TensorModelPredictor):
         who = f"torchscript model {path}"
         super().__init__(f"torchscript:{path.name}@{file_digest(path)}", options, who)
         try:
-            self.module = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; the format still loads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:
             raise PredictorError(f"{who} is not a loadable TorchScript file: {exc}") from exc
         self.device = torch.device(device)

@@ -1,0 +1,191 @@
+"""Exact expectations for the inference numerics: normalisation, alignment, windows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sddr_pipeline.inference.alignment import (
+    align_gradient,
+    align_gradient_batch,
+    align_least_squares,
+    align_robust,
+)
+from sddr_pipeline.inference.normalize import (
+    from_disparity_like,
+    minmax_normalize,
+    minmax_normalize_batch,
+    resize,
+    sanitize,
+    to_disparity_like,
+)
+from sddr_pipeline.inference.windows import (
+    ResolutionPolicy,
+    axis_windows,
+    blend_windows,
+    edge_density,
+    feather_weights,
+    window_boxes,
+)
+from sddr_pipeline.predictors import OutputKind
+
+
+def test_sanitize_fills_nonfinite_with_median_of_finite():
+    x = np.array([[1.0, np.nan], [3.0, np.inf]], dtype=np.float32)
+    out = sanitize(x)
+    assert out.tolist() == [[1.0, 2.0], [3.0, 2.0]]
+    assert sanitize(np.full((2, 2), np.nan)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_to_disparity_like_inverts_depth_with_floor():
+    d = np.array([[2.0, 4.0], [0.0, -1.0]], dtype=np.float32)
+    out = to_disparity_like(d, OutputKind("depth", True))
+    assert out[0, 0] == pytest.approx(0.5) and out[0, 1] == pytest.approx(0.25)
+    assert np.isfinite(out).all() and out[1, 0] == pytest.approx(1 / (4.0 * 1e-3))
+    same = to_disparity_like(d, OutputKind("disparity", False))
+    assert np.array_equal(same, d)
+
+
+def test_from_disparity_like_round_trip():
+    disp = torch.tensor([[0.5, 0.25]])
+    assert torch.allclose(from_disparity_like(disp, OutputKind("depth")), torch.tensor([[2.0, 4.0]]))
+    assert from_disparity_like(disp, OutputKind("disparity")) is disp
+
+
+def test_minmax_normalize_exact_and_constant():
+    x = torch.tensor([[2.0, 4.0], [6.0, 10.0]])
+    n, lo, hi = minmax_normalize(x)
+    assert (lo, hi) == (2.0, 10.0)
+    assert n.tolist() == [[0.0, 0.25], [0.5, 1.0]]
+    z, lo, hi = minmax_normalize(torch.full((3, 3), 7.0))
+    assert torch.equal(z, torch.zeros(3, 3)) and lo == hi == 7.0
+
+
+def test_minmax_normalize_batch_per_sample():
+    x = torch.stack([torch.tensor([[0.0, 2.0]]), torch.tensor([[5.0, 5.0]])])[:, None]
+    out = minmax_normalize_batch(x)
+    assert out[0, 0].tolist() == [[0.0, 1.0]]
+    assert out[1, 0].tolist() == [[0.0, 0.0]]
+    assert torch.isfinite(out).all()
+
+
+def test_resize_noop_and_shapes():
+    x = torch.rand(1, 1, 10, 20)
+    assert resize(x, (10, 20)) is x
+    assert resize(x, (5, 10)).shape == (1, 1, 5, 10)
+    assert resize(x, (30, 61)).shape == (1, 1, 30, 61)
+    const = torch.full((1, 1, 7, 9), 3.0)
+    assert torch.allclose(resize(const, (20, 31)), torch.full((1, 1, 20, 31), 3.0))
+
+
+def test_least_squares_recovers_exact_affine():
+    src = torch.rand(32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = align_least_squares(src, 2.5 * src - 0.75)
+    assert a == pytest.approx(2.5, abs=1e-12) and b == pytest.approx(-0.75, abs=1e-12)
+
+
+def test_least_squares_respects_mask_and_constant_source():
+    src = torch.arange(10.0)
+    ref = 3 * src + 1
+    ref[0] = 1000.0
+    mask = torch.ones(10, dtype=torch.bool)
+    mask[0] = False
+    a, b = align_least_squares(src, ref, mask)
+    assert (a, b) == (pytest.approx(3.0), pytest.approx(1.0))
+    a, b = align_least_squares(torch.full((4,), 2.0), torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    assert (a, b) == (1.0, pytest.approx(1.0))
+
+
+def test_robust_fit_ignores_outliers():
+    g = torch.Generator().manual_seed(1)
+    src = torch.rand(2000, generator=g)
+    ref = 0.5 * src + 2.0
+    ref[:100] += 50 * torch.rand(100, generator=g)  # 5% wild points
+    a_ls, _ = align_least_squares(src, ref)
+    a, b = align_robust(src, ref)
+    assert abs(a_ls - 0.5) > 0.1  # plain least squares is dragged
+    assert a == pytest.approx(0.5, abs=1e-3) and b == pytest.approx(2.0, abs=1e-3)
+
+
+def test_gradient_alignment_matches_gradients_not_values():
+    g = torch.Generator().manual_seed(2)
+    src = torch.rand(40, 40, generator=g, dtype=torch.float64)
+    ref = 3.0 * src + 5.0
+    a, b = align_gradient(src, ref)
+    assert a == pytest.approx(3.0, abs=1e-12) and b == pytest.approx(5.0, abs=1e-12)
+    # a smooth bias in ref (a low-frequency ramp) barely changes the gradient fit's scale
+    ramp = torch.linspace(0, 0.01, 40, dtype=torch.float64)[None, :].expand(40, 40)
+    a2, _ = align_gradient(src, 3.0 * src + ramp)
+    assert a2 == pytest.approx(3.0, abs=0.01)
+
+
+def test_gradient_alignment_falls_back_for_flat_source():
+    src = torch.full((8, 8), 2.0)
+    ref = torch.rand(8, 8, generator=torch.Generator().manual_seed(3))
+    a, b = align_gradient(src, ref)
+    assert a == 1.0 and b == pytest.approx(float(ref.double().mean()) - 2.0)
+
+
+def test_gradient_alignment_batch_matches_scalar():
+    g = torch.Generator().manual_seed(4)
+    src = torch.rand(3, 1, 16, 20, generator=g, dtype=torch.float64)
+    ref = torch.stack([2 * src[0] + 1, -1 * src[1], src[2] * 0 + 4.0])
+    scale, shift = align_gradient_batch(src, ref)
+    for i in range(3):
+        a, b = align_gradient(src[i], ref[i])
+        assert scale[i].item() == pytest.approx(a, abs=1e-9)
+        assert shift[i].item() == pytest.approx(b, abs=1e-9)
+    assert scale[0].item() == pytest.approx(2.0) and shift[0].item() == pytest.approx(1.0)
+
+
+def test_axis_windows_exact_layout():
+    assert axis_windows(100, 1, 0.25) == [(0, 100)]
+    assert axis_windows(100, 2, 0.25) == [(0, 58), (42, 100)]
+    assert axis_windows(100, 3, 0.25) == [(0, 40), (30, 70), (60, 100)]
+    for n in (2, 3, 4):
+        w = axis_windows(97, n, 0.25)
+        assert w[0][0] == 0 and w[-1][1] == 97
+        sizes = {b - a for a, b in w}
+        assert len(sizes) == 1
+        for (a0, a1), (b0, b1) in zip(w, w[1:]):
+            assert b0 < a1  # neighbours overlap
+
+
+def test_window_boxes_count_and_cover():
+    boxes = window_boxes(60, 80, 3)
+    assert len(boxes) == 9
+    cover = np.zeros((60, 80), int)
+    for y0, x0, y1, x1 in boxes:
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+
+
+def test_feather_weights_ramp_only_inside_image():
+    w = feather_weights((0, 10, 20, 30), 20, 40, feather=4)
+    assert w.shape == (20, 20)
+    assert torch.all(w[:, 10] == 1.0)  # column 10 of the window = image column 20, not near an inner side
+    assert w[5, 0].item() == pytest.approx(0.5 / 4)  # left side is inside the image: ramps
+    assert w[5, 19].item() == pytest.approx(0.5 / 4)  # right side (x1=30 < 40) ramps too
+    assert torch.all(w[0, 4:16] == 1.0)  # top side is the image border: no ramp
+
+
+def test_blend_constant_maps_is_exact_and_partition_of_unity():
+    boxes = window_boxes(50, 70, 3)
+    maps = [torch.full((b[2] - b[0], b[3] - b[1]), 4.25) for b in boxes]
+    out = blend_windows(maps, boxes, 50, 70, feather=5)
+    assert torch.allclose(out, torch.full((50, 70), 4.25), atol=1e-6)
+    # a linear ramp seen identically by every window is reproduced exactly
+    ramp = torch.arange(70.0)[None, :].expand(50, 70)
+    maps = [ramp[b[0]:b[2], b[1]:b[3]] for b in boxes]
+    assert torch.allclose(blend_windows(maps, boxes, 50, 70, feather=5), ramp, atol=1e-4)
+
+
+def test_edge_density_and_resolution_policy():
+    edges = torch.zeros(1, 1, 10, 10)
+    edges[..., :5, :] = 1.0
+    assert edge_density(edges, (0, 0, 10, 10), 0.5) == 0.5
+    assert edge_density(edges, (5, 0, 10, 10), 0.5) == 0.0
+    pol = ResolutionPolicy()
+    assert pol.resolution(1024, 0.06) == 1024  # average density -> base
+    assert pol.resolution(1024, 0.0) == 768  # flat -> lo x base
+    assert pol.resolution(1024, 1.0) == 1280  # dense -> hi x base

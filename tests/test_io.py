@@ -1,0 +1,60 @@
+"""Output files: atomic writes, 16-bit PNG encoding, previews."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sddr_pipeline.io import atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
+from sddr_pipeline.io.depth_files import encode_png16
+
+
+def test_png16_round_trip_within_half_a_step(tmp_path):
+    depth = np.linspace(0.5, 80.0, 64 * 48, dtype=np.float32).reshape(48, 64)
+    enc = save_png16(tmp_path / "d.png", depth)
+    back = read_png16(tmp_path / "d.png")
+    assert np.max(np.abs(back - depth)) <= enc["scale"] / 2 + 1e-5
+    assert back[0, 0] == pytest.approx(0.5, abs=1e-5) and back[-1, -1] == pytest.approx(80.0, abs=1e-3)
+
+
+def test_png16_marks_nonfinite_as_zero_and_constant_maps():
+    code, scale, offset = encode_png16(np.array([[1.0, np.nan], [np.inf, 1.0]]))
+    assert code.tolist() == [[1, 0], [0, 1]]
+    assert code[0, 0] * scale + offset == pytest.approx(1.0)
+    code, scale, offset = encode_png16(np.full((2, 2), np.nan))
+    assert code.max() == 0
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_remove_temporaries(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".tmp-abc-x.npy").write_bytes(b"1")
+    save_npy(tmp_path / "sub" / "ok.npy", np.zeros((2, 2)))
+    assert remove_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["ok.npy"]
+
+
+def test_colorize_and_preview(tmp_path):
+    x = np.linspace(0, 1, 100).reshape(10, 10)
+    x[0, 0] = np.nan
+    rgb = colorize(x)
+    assert rgb.shape == (10, 10, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert not np.array_equal(rgb[1, 0], rgb[9, 9])
+    img = np.zeros((10, 10, 3), np.uint8)
+    save_preview(tmp_path / "p.png", img, x)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size == (20, 10)

@@ -1,0 +1,158 @@
+"""End-to-end `sddr refine` on real components: the synthetic generator, the simulated and
+python predictors, a real (randomly initialised, saved and reloaded) refiner."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from sddr_pipeline import load_depth
+from sddr_pipeline.cli.main import main
+from sddr_pipeline.data import write_synthetic_dataset
+from sddr_pipeline.io import read_png16
+from sddr_pipeline.models import Refiner
+
+SIM = "simulated:low=48,high=96"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights") / "small"
+    Refiner.from_config("sddr-small", seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synth", count=2, height=72, width=96, seed=3)
+
+
+@pytest.fixture()
+def images_folder(tmp_path, dataset):
+    """A plain folder of images: two good ones, then bad files of several kinds."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted((dataset / "rgb").iterdir()):
+        (folder / p.name).write_bytes(p.read_bytes())
+    good = sorted(folder.iterdir())[0].read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_bytes(b"this is not an image at all")
+    return folder
+
+
+@pytest.fixture()
+def flat_predictor(tmp_path, monkeypatch):
+    """A python: predictor module whose outputs are smooth, constant or NaN-filled."""
+    (tmp_path / "toy_predictors.py").write_text(textwrap.dedent(
+        """
+        import numpy as np
+
+        def smooth(image):
+            h, w = image.shape[:2]
+            return np.add.outer(np.arange(h), np.arange(w)).astype(np.float32) + 1.0
+
+        def constant(image):
+            return np.full(image.shape[:2], 3.0, np.float32)
+
+        def nans(image):
+            return np.full(image.shape[:2], np.nan, np.float32)
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "python:toy_predictors"
+
+
+def test_refine_one_stage_outputs_and_manifest(tmp_path, dataset, weights):
+    out = tmp_path / "out"
+    rc = main(["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet", "--save-predictions"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "one-stage" and manifest["predictor"]["spec"] == SIM
+    assert manifest["refiner"]["version"].startswith("sddr-small")
+    names = sorted(manifest["images"])
+    assert len(names) == 2 and manifest["counts"]["done"] == 2
+    for name in names:
+        entry = manifest["images"][name]
+        depth = np.load(out / entry["outputs"]["depth_npy"])
+        assert depth.shape == (72, 96) and depth.dtype == np.float32 and np.isfinite(depth).all()
+        assert entry["space"] == "disparity" and entry["metric"] is False
+        png = read_png16(out / entry["outputs"]["depth_png"])
+        assert np.max(np.abs(png - depth)) <= entry["png16"]["scale"]
+        assert (out / entry["outputs"]["preview"]).is_file()
+        low = np.load(out / entry["outputs"]["low"])
+        high = np.load(out / entry["outputs"]["high"])
+        assert max(low.shape) == 48 and max(high.shape) == 96
+    loaded = load_depth(out, names[0])
+    assert np.array_equal(loaded.depth, np.load(out / manifest["images"][names[0]]["outputs"]["depth_npy"]))
+
+
+def test_refine_two_stage(tmp_path, dataset, weights):
+    out = tmp_path / "out2"
+    rc = main(["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--mode", "two-stage", "--quiet"])
+    assert rc == 0
+    maps = load_depth(out)
+    assert len(maps) == 2
+    for m in maps.values():
+        assert m.depth.shape == (72, 96) and np.isfinite(m.depth).all()
+        assert m.entry["timings_s"]["refine_windows"] > 0
+
+
+def test_existing_output_refused_then_resumed(tmp_path, dataset, weights, capsys):
+    out = tmp_path / "out"
+    args = ["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]
+    assert main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in (out / "depth").iterdir()}
+    assert main(args) == 1
+    assert "--skip-existing" in capsys.readouterr().err
+    (out / "depth" / ".tmp-dead-x.npy").write_bytes(b"half")
+    assert main(args + ["--skip-existing"]) == 0
+    assert "0 refined, 2 skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "depth").iterdir()} == before
+    # a different configuration must not be mixed into the same folder
+    assert main(args + ["--skip-existing", "--mode", "two-stage"]) == 1
+    assert "different mode" in capsys.readouterr().err
+
+
+def test_bad_images_skip_and_fail(tmp_path, images_folder, weights, flat_predictor, capsys):
+    spec = flat_predictor + ":smooth"
+    out = tmp_path / "skip"
+    rc = main(["refine", str(images_folder), str(out), "--predictor", spec, "--weights", str(weights), "--on-error", "skip", "--quiet", "--low-res", "32", "--high-res", "64"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    for bad in ("truncated", "empty", "notes"):
+        assert bad in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == 2 and manifest["counts"]["failed"] == 3
+    assert {e["name"] for e in manifest["errors"]} == {"truncated", "empty", "notes"}
+    assert not list(out.rglob(".tmp-*"))
+    out2 = tmp_path / "fail"
+    rc = main(["refine", str(images_folder), str(out2), "--predictor", spec, "--weights", str(weights), "--quiet", "--low-res", "32", "--high-res", "64"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "empty.jpg" in err and "--on-error skip" in err
+
+
+@pytest.mark.parametrize("fn", ["constant", "nans"])
+def test_degenerate_predictions_never_give_nan(tmp_path, dataset, weights, flat_predictor, fn):
+    out = tmp_path / fn
+    rc = main(["refine", str(dataset / "rgb"), str(out), "--predictor", f"{flat_predictor}:{fn}", "--weights", str(weights), "--quiet", "--low-res", "32", "--high-res", "64"])
+    assert rc == 0
+    for m in load_depth(out).values():
+        assert np.isfinite(m.depth).all()
+
+
+def test_default_weights_fail_with_hint(tmp_path, dataset, capsys):
+    rc = main(["refine", str(dataset), str(tmp_path / "o"), "--predictor", SIM, "--quiet"])
+    assert rc == 2
+    assert "--weights" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_and_bad_spec(tmp_path, weights, capsys):
+    assert main(["refine", str(tmp_path / "nope"), str(tmp_path / "o"), "--predictor", SIM, "--weights", str(weights), "--quiet"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["refine", str(tmp_path), str(tmp_path / "o"), "--predictor", "simulated:cons=9", "--weights", str(weights), "--quiet"]) == 2
+    assert "cons" in capsys.readouterr().err
