@@ -90,6 +90,23 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training import ConfigError, load_config, recipe_path, train
+
+    try:
+        path = Path(args.config)
+        if not path.exists() and "/" not in args.config and not args.config.endswith((".yaml", ".yml")):
+            path = recipe_path(args.config)
+        overrides = {"output": str(args.output) if args.output else None, "steps": args.steps, "device": args.device}
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        print(f"sddr train: {exc}", file=sys.stderr)
+        return 2
+    final = train(config, resume=not args.no_resume, progress=None if args.quiet else print)
+    print(f"sddr train: weights written to {final} (use --weights {final})")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from ..data import write_synthetic_dataset
 
@@ -145,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-predictions", action="store_true", help="also write raw low/high predictions as low/<name>.npy, high/<name>.npy")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_refine)
+
+    t = sub.add_parser("train", help="train a refiner from a YAML recipe (resumes from the last checkpoint)")
+    t.add_argument("--config", required=True, help="YAML training config, or the name of a bundled recipe (e.g. quick)")
+    t.add_argument("--output", type=Path, default=None, help="output folder (overrides the config's `output`)")
+    t.add_argument("--steps", type=_positive_int, default=None, help="override the number of steps")
+    t.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override the config's device")
+    t.add_argument("--no-resume", action="store_true", help="start over instead of continuing from the last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("synth", help="write procedural synthetic RGB-D scenes (exact depth) in the generic layout")
     s.add_argument("output", type=Path)

@@ -34,6 +34,7 @@ def _ints(value: Any, n: int, name: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class RefinerConfig:
     """Hyper-parameters of N_r; validated on construction (``ValueError`` on bad values).
+    The defaults are the ``sddr-paper`` architecture.
 
     Levels of the decoder, coarse to fine: the four MiT stages (1/128, 1/64, 1/32, 1/16
     of the network input) then the stem's 1/8, 1/4 and 1/2 features; ``decoder_channels``
@@ -52,8 +53,8 @@ class RefinerConfig:
     mit_mlp_ratios: tuple[int, int, int, int] = (4, 4, 4, 4)
     interaction_layers: int = 8
     interaction_heads: int = 8
-    interaction_ffn: int = 1024
-    decoder_channels: tuple[int, ...] = (256, 160, 96, 64, 32, 16, 8)
+    interaction_ffn: int = 2048
+    decoder_channels: tuple[int, int, int, int, int, int, int] = (256, 176, 112, 64, 32, 16, 8)
     mask_channels: int = 16
     head_channels: int = 8
     depthwise: bool = False
@@ -157,7 +158,7 @@ PRESETS: dict[str, RefinerConfig] = {
         interaction_layers=8,
         interaction_heads=8,
         interaction_ffn=2048,
-        decoder_channels=(256, 160, 96, 64, 32, 16, 8),
+        decoder_channels=(256, 176, 112, 64, 32, 16, 8),
         mask_channels=16,
         head_channels=8,
         depthwise=False,

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
 from .config import MIT_PATCH_SIZES, MIT_STRIDES, TOTAL_STRIDE, RefinerConfig
-from .upsample import guided_upsample
+from .upsample import area_resize, guided_upsample
 
 
 class RefinerOutput(NamedTuple):
@@ -187,12 +187,11 @@ class SDDRNet(nn.Module):
         self.head4 = nn.Conv2d(outs[5], 1, 3, padding=1)
         self.head2 = nn.Conv2d(outs[6], 1, 3, padding=1)
         hc = config.head_channels
-        self.head_proj = nn.Conv2d(outs[6], hc, 1)
-        self.head = nn.Sequential(
-            conv3x3(hc + 2, hc, depthwise=dw), nn.ReLU(inplace=True), nn.Conv2d(hc, 1, 3, padding=1),
-        )
+        self.head_proj = nn.Conv2d(outs[6], hc, 3, padding=1)
+        self.head_in = nn.Conv2d(2, hc, 3, padding=1)
+        self.head_out = nn.Conv2d(hc, 1, 3, padding=1)
         with torch.no_grad():
-            for conv in (self.head4, self.head2, self.head[-1]):
+            for conv in (self.head4, self.head2, self.head_out):
                 conv.weight.mul_(0.1)
                 conv.bias.zero_()
 
@@ -210,6 +209,8 @@ class SDDRNet(nn.Module):
 
     def forward_network(self, low: torch.Tensor, high: torch.Tensor) -> RefinerOutput:
         """Core network on inputs whose H and W are multiples of 128; outputs at that size."""
+        if low.shape[-2] % TOTAL_STRIDE or low.shape[-1] % TOTAL_STRIDE:
+            raise ValueError(f"forward_network needs H and W divisible by {TOTAL_STRIDE}, got {tuple(low.shape)}")
         b = low.shape[0]
         feats = self.encode(torch.cat([low, high], dim=0))
         lows = [f[:b] for f in feats]
@@ -227,8 +228,8 @@ class SDDRNet(nn.Module):
         d4, d2 = decoded[5], decoded[6]
         side4 = F.avg_pool2d(low, 4) + self.head4(d4)
         side2 = F.avg_pool2d(low, 2) + self.head2(d2)
-        feat = _upsample_to(self.head_proj(d2), low)
-        depth = low + self.head(torch.cat([feat, low, high], dim=1))
+        feat = _upsample_to(self.head_proj(d2), low) + self.head_in(torch.cat([low, high], dim=1))
+        depth = low + self.head_out(torch.relu_(feat))
         omega = _upsample_to(omegas[6], low)
         return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
 
@@ -248,8 +249,8 @@ class SDDRNet(nn.Module):
         high = high.to(dtype)
         h, w = network_size(height, width, self.config.max_side)
         resized = (h, w) != (height, width)
-        low_n = F.interpolate(low, size=(h, w), mode="area") if resized else low
-        high_n = F.interpolate(high, size=(h, w), mode="area") if resized else high
+        b = low.shape[0]
+        low_n, high_n = area_resize(torch.cat([low, high], dim=0), (h, w)).split(b) if resized else (low, high)
         out = self.forward_network(pad_to_multiple(low_n, TOTAL_STRIDE), pad_to_multiple(high_n, TOTAL_STRIDE))
         h2, w2 = -(-h // 2), -(-w // 2)
         h4, w4 = -(-h // 4), -(-w // 4)
@@ -257,7 +258,7 @@ class SDDRNet(nn.Module):
         omega = out.omega[..., :h, :w]
         if resized:
             cfg = self.config
-            depth = guided_upsample(depth, high_n, high, cfg.guided_radius, cfg.guided_eps).to(depth.dtype)
+            depth = guided_upsample(depth, high_n, high, cfg.guided_radius, cfg.guided_eps)
             omega = F.interpolate(omega, size=(height, width), mode="bilinear", align_corners=False)
         return RefinerOutput(
             depth=depth,

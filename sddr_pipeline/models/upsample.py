@@ -58,7 +58,7 @@ def guided_upsample(
     Fits ``target ~= a * guide + b`` in every (2r+1)^2 window at low resolution (ridge
     regulariser ``eps``), smooths a and b, upsamples them bilinearly and returns
     ``a_up * guide_hr + b_up``. Shapes: target/guide_lr (B,C,h,w), guide_hr (B,C,H,W) with
-    C equal or 1 for the guide. Computed in float32, returned in ``target_lr``'s dtype.
+    C equal for all three. Computed in at least float32, returned in ``target_lr``'s dtype.
     """
     if target_lr.ndim != 4 or guide_lr.ndim != 4 or guide_hr.ndim != 4:
         raise ValueError("guided_upsample expects BxCxHxW tensors")
@@ -69,15 +69,28 @@ def guided_upsample(
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     out_dtype = target_lr.dtype
-    p = target_lr.float()
-    i = guide_lr.float()
+    work = torch.promote_types(out_dtype, torch.float32)
+    p = target_lr.to(work)
+    i = guide_lr.to(work)
     mean_i = box_filter(i, radius)
     mean_p = box_filter(p, radius)
     cov_ip = box_filter(i * p, radius) - mean_i * mean_p
     var_i = (box_filter(i * i, radius) - mean_i * mean_i).clamp_min(0.0)
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    size = guide_hr.shape[-2:]
-    a_up = F.interpolate(box_filter(a, radius), size=size, mode="bilinear", align_corners=False)
-    b_up = F.interpolate(box_filter(b, radius), size=size, mode="bilinear", align_corners=False)
-    return (a_up * guide_hr.float() + b_up).to(out_dtype)
+    c = a.shape[1]
+    ab = box_filter(torch.cat([a, b], dim=1), radius)
+    ab = F.interpolate(ab, size=guide_hr.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.addcmul(ab[:, c:], ab[:, :c], guide_hr.to(work)).to(out_dtype)
+
+
+def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area (box-average) downsampling of a BxCxHxW tensor to ``size``; an exact integer
+    factor takes the faster ``avg_pool2d`` path."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    fh, fw = h // size[0], w // size[1]
+    if fh == fw and fh * size[0] == h and fw * size[1] == w:
+        return F.avg_pool2d(x, fh)
+    return F.interpolate(x, size=size, mode="area")

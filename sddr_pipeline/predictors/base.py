@@ -102,6 +102,8 @@ class BasePredictor:
 
     name: str = "predictor"
     kind: OutputKind = OutputKind()
+    #: (low, high) working resolutions this predictor prefers, or None for the defaults.
+    default_resolutions: tuple[int, int] | None = None
 
     def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
         raise NotImplementedError

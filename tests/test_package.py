@@ -1,0 +1,78 @@
+"""Packaging promises: lazy heavy imports, namespaced plugins, the registry, the CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sddr_pipeline.cli.main import main
+from sddr_pipeline.predictors import PredictorError, PredictorSpec, get_predictor
+from sddr_pipeline.registry import PREDICTORS, Registry, RegistryError
+
+
+def test_import_and_refine_path_do_not_import_heavy_optional_deps():
+    code = textwrap.dedent(
+        """
+        import sys
+        import sddr_pipeline, sddr_pipeline.batch, sddr_pipeline.cli.main
+        from sddr_pipeline import Refiner, get_predictor, refine, load_depth
+        get_predictor("simulated")
+        heavy = [m for m in ("ray", "open3d", "pycolmap", "s3fs", "onnxruntime") if m in sys.modules]
+        print(",".join(heavy))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_plugins_and_pipelines_are_namespaced():
+    import sddr_pipeline.pipelines
+    import sddr_pipeline.plugins
+
+    assert sddr_pipeline.plugins.__name__ == "sddr_pipeline.plugins"
+    assert subprocess.run([sys.executable, "-c", "import plugins"], capture_output=True, cwd="/").returncode != 0
+
+
+def test_spec_parsing():
+    s = PredictorSpec.parse("python:my.mod:fn;kind=depth,metric=true")
+    assert (s.name, s.arg, s.options) == ("python", "my.mod:fn", {"kind": "depth", "metric": "true"})
+    s = PredictorSpec.parse("simulated")
+    assert (s.name, s.arg, s.options) == ("simulated", None, {})
+    with pytest.raises(PredictorError, match="key=value"):
+        PredictorSpec.parse("hf:x;oops")
+
+
+def test_registry_unknown_name_lists_known_ones():
+    with pytest.raises(RegistryError, match="simulated"):
+        get_predictor("nosuchmodel:x")
+    assert {"hf", "onnx", "python", "simulated", "torchscript"} <= set(PREDICTORS.names())
+
+
+def test_registry_entry_points(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    reg: Registry = Registry("sddr_pipeline.test_group", "thing")
+    ep = EntryPoint(name="mine", value="sddr_pipeline.predictors.base:working_size", group="sddr_pipeline.test_group")
+    monkeypatch.setattr("sddr_pipeline.registry.entry_points", lambda group: [ep] if group == reg.group else [])
+    assert reg.names() == ["mine"]
+    assert reg.get("mine")(10, 20, 40) == (20, 40)
+    reg.register("other", lambda: 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("other", lambda: 2)
+
+
+def test_cli_lists_predictors(capsys):
+    assert main(["predictors"]) == 0
+    assert "simulated" in capsys.readouterr().out.split()
+
+
+def test_console_script_installed():
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "sddr"
+    assert exe.exists() or shutil.which("sddr"), "the `sddr` console script is not installed"
+    out = subprocess.run([str(exe) if exe.exists() else "sddr", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "sddr-pipeline" in out.stdout
