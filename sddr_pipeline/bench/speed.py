@@ -9,10 +9,10 @@ alike). Items:
   1036 px.
 - ``one_stage_ms``: one-stage SDDR refiner work only, predictions precomputed (a 384 px
   LOW and an N px HIGH map, square): disparity conversion, normalisation, padding,
-  resizing, the network, and restoring units at N x N.
+  resizing, the network, and restoring units at N x N (no edge map G, as `sddr refine`).
 - ``two_stage_ms``: coarse-to-fine refinement at 1024 with the default steps and window
   policy, refiner work only: window predictions are precomputed and served from a
-  cache, so predictor cost is excluded.
+  cache, so predictor cost is excluded (no full-size edge map G either, like one-stage).
 - ``peak_mem_mb``: the process's peak resident memory after the run.
 """
 from __future__ import annotations
@@ -132,7 +132,7 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
         refine_two_stage(scene.rgb, cached, ref, context=ctx, config=two_cfg)  # fills the cache
 
         def run_two(ref=ref):
-            return refine_two_stage(scene.rgb, cached, ref, context=ctx, config=two_cfg)
+            return refine_two_stage(scene.rgb, cached, ref, context=ctx, config=two_cfg, edges=False)
 
         items[f"two_stage/{p}/{n2}"] = run_two
     cached.frozen = True

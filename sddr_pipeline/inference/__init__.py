@@ -29,7 +29,7 @@ def refine(
 ) -> RefineResult:
     """Refine one HxWx3 uint8 image with ``mode`` ``"one-stage"`` or ``"two-stage"``.
 
-    ``edges=False`` lets one-stage skip the edge map (two-stage always computes it).
+    ``edges=False`` skips the full-size edge map G (``result.edges`` is then None).
     """
     if mode == "one-stage":
         return refine_one_stage(
@@ -52,6 +52,7 @@ def refine(
             context=context,
             scale_reference=scale_reference,
             config=two_stage,
+            edges=edges,
         )
     raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
 

@@ -9,6 +9,7 @@ domain, and the windows are blended with feathered weights into the next estimat
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,17 +29,37 @@ from .windows import Box, ResolutionPolicy, blend_windows, edge_density, window_
 @dataclass(frozen=True)
 class TwoStageConfig:
     """Knobs of the coarse-to-fine procedure (defaults follow the authors' released
-    inference: 2 steps; 25% window overlap; resolution policy of :class:`ResolutionPolicy`)."""
+    inference: 2 steps; 25% window overlap; resolution policy of :class:`ResolutionPolicy`).
+
+    ``window_net_scale`` bounds the network's long side on a window of step s to
+    ``max_side * window_net_scale / (s + 1)`` (rounded to 128, at least 128): each step
+    then costs about ``window_net_scale**2`` one-stage passes instead of ``(s+1)**2``,
+    while the window's own high-resolution prediction still guides the upsampling to
+    the window's full size. ``None`` runs every window at the preset's ``max_side``.
+    The window-resolution policy reads edge maps computed at ``policy_side`` px (long
+    side) at most: densities need no more, and G at full size is computed once, at the end.
+    """
 
     steps: int = 2
     overlap: float = 0.25
     policy: ResolutionPolicy = ResolutionPolicy()
+    window_net_scale: float | None = 1.5
+    policy_side: int = 512
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 5:
             raise ValueError(f"two-stage steps must be between 1 and 5, got {self.steps}")
         if not 0.05 <= self.overlap < 0.75:
             raise ValueError(f"window overlap must be in [0.05, 0.75), got {self.overlap}")
+        if self.window_net_scale is not None and not 0.25 <= self.window_net_scale <= 4:
+            raise ValueError(f"window_net_scale must be in [0.25, 4] or None, got {self.window_net_scale}")
+
+    def window_max_side(self, preset_max_side: int, step: int) -> int | None:
+        """The network's long-side bound for the windows of ``step`` (see the class doc)."""
+        if self.window_net_scale is None:
+            return None
+        side = preset_max_side * self.window_net_scale / (step + 1)
+        return int(min(preset_max_side, max(128, round(side / 128) * 128)))
 
 
 def _image_box(box: Box, work: tuple[int, int], image: tuple[int, int]) -> Box:
@@ -53,6 +74,14 @@ def _image_box(box: Box, work: tuple[int, int], image: tuple[int, int]) -> Box:
     )
 
 
+def policy_edges(estimate: torch.Tensor, side: int) -> torch.Tensor:
+    """Edge map G of the estimate at most ``side`` px on its long side (for densities)."""
+    h, w = estimate.shape[-2:]
+    scale = min(1.0, side / max(h, w))
+    small = resize(estimate, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return edge_map(small)
+
+
 def coarse_to_fine(
     image: np.ndarray,
     predictor: Predictor,
@@ -62,21 +91,28 @@ def coarse_to_fine(
     context: SampleContext | None,
     config: TwoStageConfig,
     timings: dict[str, float],
+    final_edges: bool = True,
 ) -> tuple[RefinedMaps, list[torch.Tensor]]:
     """Run steps 1..S from the one-stage estimate ``start``; returns the final maps and
-    the edge maps G_0..G_S (each 1x1xHxW at working size)."""
+    the edge maps G_0..G_S (G_0..G_{S-1} at the policy's reduced size, G_S at working
+    size; G_S only with ``final_edges``)."""
     estimate, omega = start.refined, start.omega
     height, width = estimate.shape[-2:]
     img_size = image.shape[:2]
     base_ctx = context or SampleContext()
-    history = [edge_map(estimate)]
+    history: list[torch.Tensor] = []
     for step in range(1, config.steps + 1):
-        g = history[-1]
-        threshold = float(torch.quantile(g.flatten()[:: max(1, g.numel() // 1_000_000)].float(), config.policy.percentile / 100))
+        g = policy_edges(estimate, config.policy_side)
+        history.append(g)
+        threshold = float(torch.quantile(g.flatten().float(), config.policy.percentile / 100))
+        scale_y, scale_x = g.shape[-2] / height, g.shape[-1] / width
         boxes = window_boxes(height, width, step + 1, config.overlap)
+        net_side = config.window_max_side(refiner.config.max_side, step)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, box in enumerate(boxes):
-            groups[config.policy.resolution(high_res, edge_density(g, box, threshold))].append(i)
+            gy0, gx0 = int(box[0] * scale_y), int(box[1] * scale_x)
+            gbox = (gy0, gx0, max(math.ceil(box[2] * scale_y), gy0 + 1), max(math.ceil(box[3] * scale_x), gx0 + 1))
+            groups[config.policy.resolution(high_res, edge_density(g, gbox, threshold))].append(i)
         refined: list[torch.Tensor | None] = [None] * len(boxes)
         omegas: list[torch.Tensor | None] = [None] * len(boxes)
         for res, idx in sorted(groups.items()):
@@ -89,7 +125,7 @@ def coarse_to_fine(
             bh, bw = boxes[idx[0]][2] - boxes[idx[0]][0], boxes[idx[0]][3] - boxes[idx[0]][1]
             high = torch.cat([resize(p, (bh, bw)) for p in prepare_prediction_batch(preds, predictor.kind, estimate.device)])
             current = torch.cat([estimate[..., y0:y1, x0:x1] for (y0, x0, y1, x1) in (boxes[i] for i in idx)])
-            out = refiner(minmax_normalize_batch(current), minmax_normalize_batch(high))
+            out = refiner(minmax_normalize_batch(current), minmax_normalize_batch(high), max_side=net_side)
             scale, shift = align_gradient_batch(out.depth.float(), current)
             aligned = scale.view(-1, 1, 1, 1) * out.depth.float() + shift.view(-1, 1, 1, 1)
             for j, i in enumerate(idx):
@@ -100,6 +136,7 @@ def coarse_to_fine(
         feather = max(1, int(config.overlap * min(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1])))
         estimate = blend_windows(refined, boxes, height, width, feather)[None, None]  # type: ignore[arg-type]
         omega = blend_windows(omegas, boxes, height, width, feather)[None, None]  # type: ignore[arg-type]
+    if final_edges:
         history.append(edge_map(estimate))
     return RefinedMaps(estimate, omega, start.low_disp, start.high_disp), history
 
@@ -114,10 +151,13 @@ def refine_two_stage(
     context: SampleContext | None = None,
     scale_reference: ScaleReference | None = None,
     config: TwoStageConfig | None = None,
+    edges: bool = True,
 ) -> RefineResult:
     """Coarse-to-fine refinement of one HxWx3 uint8 image (see the module docstring).
 
-    ``result.edges`` is G_S and ``result.edge_history`` holds G_0..G_S (working size).
+    ``result.edges`` is G_S (at image size) and ``result.edge_history`` holds G_0..G_S
+    (the earlier ones at the window policy's reduced size); ``edges=False`` skips the
+    full-size G_S (``result.edges`` is then None).
     """
     config = config or TwoStageConfig()
     low_res, high_res = default_resolutions(predictor, low_res, high_res)
@@ -125,7 +165,7 @@ def refine_two_stage(
     t0 = time.perf_counter()
     start = refine_predictions(low, high, predictor.kind, refiner)
     timings["refine"] = time.perf_counter() - t0
-    maps, history = coarse_to_fine(image, predictor, refiner, start, high_res, context, config, timings)
+    maps, history = coarse_to_fine(image, predictor, refiner, start, high_res, context, config, timings, edges)
     return finish(
         maps,
         predictor.kind,
@@ -136,6 +176,7 @@ def refine_two_stage(
         config.steps,
         timings,
         scale_reference,
-        edges=history[-1],
+        edges=history[-1] if edges else None,
         edge_history=[h[0, 0].cpu().numpy() for h in history],
+        want_edges=edges,
     )

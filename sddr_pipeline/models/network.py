@@ -233,8 +233,12 @@ class SDDRNet(nn.Module):
         omega = _upsample_to(omegas[6], low)
         return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
 
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> RefinerOutput:
-        """Refine ``low`` with ``high`` (both Bx1xHxW in [0, 1], same size, any H and W)."""
+    def forward(self, low: torch.Tensor, high: torch.Tensor, max_side: int | None = None) -> RefinerOutput:
+        """Refine ``low`` with ``high`` (both Bx1xHxW in [0, 1], same size, any H and W).
+
+        ``max_side`` overrides the preset's bound on the network's long side for this call
+        (e.g. smaller for the many windows of two-stage refinement).
+        """
         if low.ndim != 4 or low.shape[1] != 1 or low.shape != high.shape:
             raise ValueError(
                 f"low and high must both be Bx1xHxW of the same shape, got {tuple(low.shape)} and {tuple(high.shape)}"
@@ -247,7 +251,7 @@ class SDDRNet(nn.Module):
             dtype = self.dtype
         low = low.to(dtype)
         high = high.to(dtype)
-        h, w = network_size(height, width, self.config.max_side)
+        h, w = network_size(height, width, max_side or self.config.max_side)
         resized = (h, w) != (height, width)
         b = low.shape[0]
         low_n, high_n = area_resize(torch.cat([low, high], dim=0), (h, w)).split(b) if resized else (low, high)

@@ -225,7 +225,7 @@ class Refiner:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
-    def __call__(self, low: torch.Tensor, high: torch.Tensor) -> RefinerOutput:
+    def __call__(self, low: torch.Tensor, high: torch.Tensor, max_side: int | None = None) -> RefinerOutput:
         for name, value in (("low", low), ("high", high)):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -239,10 +239,10 @@ class Refiner:
         low = low.to(self.device, self.dtype)
         high = high.to(self.device, self.dtype)
         if self.net.training:
-            out = self.net(low, high)
+            out = self.net(low, high, max_side)
         else:
             with torch.inference_mode():
-                out = self.net(low, high)
+                out = self.net(low, high, max_side)
         if squeeze:
             out = RefinerOutput(*(t[0, 0] for t in out))
         return out

@@ -1,0 +1,47 @@
+"""SDDR training: losses, training examples through any predictor, YAML configs, and a
+resumable trainer. ``train(load_config("recipe.yaml"))`` returns the final weights folder."""
+from __future__ import annotations
+
+from .config import ConfigError, Stage, TrainConfig, ValidationSettings, load_config, recipe_path
+from .losses import (
+    LossWeights,
+    edge_guided_gradient_loss,
+    fusion_loss,
+    gradient_matching,
+    high_frequency_regions,
+    kmeans,
+    loss_gt,
+    ssi_normalize,
+    ssi_trimmed_mae,
+    total_loss,
+)
+from .samples import ExampleSettings, ExampleSource, NoiseRanges, SourceSpec, TrainingExample, make_example
+from .trainer import evaluate, learning_rate, train
+
+__all__ = [
+    "ConfigError",
+    "ExampleSettings",
+    "ExampleSource",
+    "LossWeights",
+    "NoiseRanges",
+    "SourceSpec",
+    "Stage",
+    "TrainConfig",
+    "TrainingExample",
+    "ValidationSettings",
+    "edge_guided_gradient_loss",
+    "evaluate",
+    "fusion_loss",
+    "gradient_matching",
+    "high_frequency_regions",
+    "kmeans",
+    "learning_rate",
+    "load_config",
+    "loss_gt",
+    "make_example",
+    "recipe_path",
+    "ssi_normalize",
+    "ssi_trimmed_mae",
+    "total_loss",
+    "train",
+]

@@ -1,0 +1,349 @@
+"""Training configuration: a :class:`TrainConfig` loaded from YAML and validated.
+
+Every error names the offending key (``loss.grad``, ``data[1].root``, ...). Relative paths
+(``output``, dataset ``root``) are resolved against the current working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..models import PRESETS
+from ..predictors import PredictorError, PredictorSpec
+from .losses import LossWeights
+from .samples import ExampleSettings, NoiseRanges, SourceSpec
+
+#: Training stage kinds. ``gt``: L_gt only (paper's first epoch). Self-distillation stages
+#: (L_grad + L_fusion on regenerated pseudo-labels) will be added here and in the trainer.
+STAGE_KINDS: tuple[str, ...] = ("gt",)
+#: Keys that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = frozenset({
+    "steps", "stages", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
+    "output", "device", "threads",
+})
+
+
+class ConfigError(ValueError):
+    """A training config is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A block of ``steps`` optimisation steps with one loss recipe (``kind``)."""
+
+    kind: str = "gt"
+    steps: int = 1
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Held-out synthetic scenes (never trained on) scored every ``validate_every`` steps."""
+
+    scenes: int = 4
+    size: tuple[int, int] = (256, 320)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; see ``recipes/quick.yaml`` for an annotated example."""
+
+    steps: int
+    preset: str = "sddr-small"
+    seed: int = 0
+    batch_size: int = 4
+    crop: int = 256
+    crop_scale: tuple[float, float] = (0.75, 1.0)
+    flip: bool = True
+    lr: float = 1e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    loss: LossWeights = LossWeights()
+    data: tuple[SourceSpec, ...] = (SourceSpec(),)
+    predictor: str = "simulated"
+    noise: NoiseRanges = NoiseRanges()
+    low_res: int = 384
+    high_res: int = 1024
+    stages: tuple[Stage, ...] = ()
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    validate_every: int = 100
+    validation: ValidationSettings = ValidationSettings()
+    output: str = "runs/sddr"
+    device: str = "auto"
+    bf16: bool = False
+    threads: int | None = None
+
+    @property
+    def examples(self) -> ExampleSettings:
+        return ExampleSettings(
+            predictor=self.predictor, low_res=self.low_res, high_res=self.high_res, crop=self.crop,
+            crop_scale=self.crop_scale, flip=self.flip, noise=self.noise, seed=self.seed,
+        )
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output).expanduser().resolve()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready dict (tuples become lists); :func:`config_from_dict` inverts it."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return config_from_dict(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _int(value: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key} must be <= {hi}, got {value}")
+    return value
+
+
+def _float(value: Any, key: str, lo: float | None = None, hi: float | None = None, open_lo: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    value = float(value)
+    if lo is not None and (value < lo or (open_lo and value == lo)):
+        raise ConfigError(f"{key} must be {'>' if open_lo else '>='} {lo:g}, got {value:g}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key} must be <= {hi:g}, got {value:g}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _pair(value: Any, key: str, kind: type = float) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{key} must be a [first, second] pair, got {value!r}")
+    conv = _int if kind is int else _float
+    return tuple(conv(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _mapping(value: Any, key: str, known: set[str]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown key {key + '.' if key else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
+    return dict(value)
+
+
+def _source(value: Any, key: str) -> SourceSpec:
+    d = _mapping(value, key, {"kind", "root", "layout", "weight", "size"})
+    kind = _str(d.get("kind", "synthetic"), f"{key}.kind")
+    if kind not in ("synthetic", "dataset"):
+        raise ConfigError(f"{key}.kind must be 'synthetic' or 'dataset', got {kind!r}")
+    root = d.get("root")
+    if kind == "dataset":
+        root = str(Path(_str(root, f"{key}.root")).expanduser().resolve())
+    elif root is not None:
+        raise ConfigError(f"{key}.root is only for kind 'dataset'")
+    size = _pair(d.get("size", [384, 512]), f"{key}.size", int)
+    if min(size) < 32:
+        raise ConfigError(f"{key}.size must be at least 32x32, got {list(size)}")
+    return SourceSpec(
+        kind=kind, root=root, layout=_str(d.get("layout", "auto"), f"{key}.layout"),
+        weight=_float(d.get("weight", 1.0), f"{key}.weight", 0.0, open_lo=True), size=size,
+    )
+
+
+def _sub(cls: type, value: Any, key: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    d = _mapping(value, key, known)
+    try:
+        return cls(**d)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Validate a plain mapping (parsed YAML) into a :class:`TrainConfig`."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    d = _mapping(data, "", known)
+    out: dict[str, Any] = {}
+    ints = {
+        "seed": (0, None), "batch_size": (1, None), "crop": (32, None), "warmup_steps": (0, None),
+        "checkpoint_every": (1, None), "keep_checkpoints": (1, None), "validate_every": (0, None),
+        "low_res": (16, None), "high_res": (16, None),
+    }
+    for key, (lo, hi) in ints.items():
+        if key in d:
+            out[key] = _int(d[key], key, lo, hi)
+    if "steps" in d:
+        out["steps"] = _int(d["steps"], "steps", 1)
+    floats = {"lr": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
+              "min_lr_ratio": (0.0, 1.0, False)}
+    for key, (lo, hi, open_lo) in floats.items():
+        if key in d:
+            out[key] = _float(d[key], key, lo, hi, open_lo)
+    for key in ("flip", "bf16"):
+        if key in d:
+            out[key] = _bool(d[key], key)
+    if "preset" in d:
+        out["preset"] = _str(d["preset"], "preset")
+        if out["preset"] not in PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {out['preset']!r}")
+    if "lr_schedule" in d:
+        out["lr_schedule"] = _str(d["lr_schedule"], "lr_schedule")
+        if out["lr_schedule"] not in ("cosine", "constant"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {out['lr_schedule']!r}")
+    if "crop_scale" in d:
+        cs = _pair(d["crop_scale"], "crop_scale")
+        if not 0 < cs[0] <= cs[1]:
+            raise ConfigError(f"crop_scale must satisfy 0 < min <= max, got {list(cs)}")
+        out["crop_scale"] = cs
+    if "loss" in d:
+        out["loss"] = _sub(LossWeights, d["loss"], "loss")
+    if "noise" in d:
+        noise = _mapping(d["noise"], "noise", {"cons", "edge", "texture"})
+        out["noise"] = _sub(NoiseRanges, {k: _pair(v, f"noise.{k}") for k, v in noise.items()}, "noise")
+    if "validation" in d:
+        v = _mapping(d["validation"], "validation", {"scenes", "size"})
+        size = _pair(v.get("size", [256, 320]), "validation.size", int)
+        if min(size) < 32:
+            raise ConfigError(f"validation.size must be at least 32x32, got {list(size)}")
+        out["validation"] = ValidationSettings(scenes=_int(v.get("scenes", 4), "validation.scenes", 1), size=size)
+    if "data" in d:
+        if not isinstance(d["data"], (list, tuple)) or not d["data"]:
+            raise ConfigError("data must be a non-empty list of sources")
+        out["data"] = tuple(_source(s, f"data[{i}]") for i, s in enumerate(d["data"]))
+    if "predictor" in d:
+        out["predictor"] = _str(d["predictor"], "predictor")
+        try:
+            PredictorSpec.parse(out["predictor"])
+        except PredictorError as exc:
+            raise ConfigError(f"predictor: {exc}") from None
+    if "output" in d:
+        out["output"] = str(Path(_str(d["output"], "output")).expanduser().resolve())
+    if "device" in d:
+        out["device"] = _str(d["device"], "device")
+        if out["device"] != "auto" and out["device"].split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {out['device']!r}")
+    if "threads" in d and d["threads"] is not None:
+        out["threads"] = _int(d["threads"], "threads", 1)
+    if "stages" in d and d["stages"] is not None:
+        out["stages"] = _stages(d["stages"])
+    return _finish(out)
+
+
+def _stages(value: Any) -> tuple[Stage, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("stages must be a non-empty list of {kind, steps}")
+    stages = []
+    for i, s in enumerate(value):
+        sd = _mapping(s, f"stages[{i}]", {"kind", "steps"})
+        kind = _str(sd.get("kind", "gt"), f"stages[{i}].kind")
+        if kind not in STAGE_KINDS:
+            raise ConfigError(f"stages[{i}].kind must be one of {list(STAGE_KINDS)}, got {kind!r}")
+        if "steps" not in sd:
+            raise ConfigError(f"stages[{i}].steps is required")
+        stages.append(Stage(kind, _int(sd["steps"], f"stages[{i}].steps", 1)))
+    return tuple(stages)
+
+
+def _finish(out: dict[str, Any]) -> TrainConfig:
+    stages = out.get("stages")
+    if stages:
+        total = sum(s.steps for s in stages)
+        if "steps" in out and out["steps"] != total:
+            raise ConfigError(f"steps ({out['steps']}) must equal the sum of stages[].steps ({total}), or be left out")
+        out["steps"] = total
+    elif "steps" not in out:
+        raise ConfigError("steps is required (or a stages list)")
+    else:
+        out["stages"] = (Stage("gt", out["steps"]),)
+    cfg = TrainConfig(**out)
+    if cfg.low_res > cfg.high_res:
+        raise ConfigError(f"low_res ({cfg.low_res}) must not exceed high_res ({cfg.high_res})")
+    if cfg.warmup_steps >= cfg.steps and cfg.warmup_steps:
+        raise ConfigError(f"warmup_steps ({cfg.warmup_steps}) must be smaller than steps ({cfg.steps})")
+    if cfg.bf16 and cfg.device in ("cpu", "mps"):
+        raise ConfigError(f"bf16 is for CUDA devices only; device is {cfg.device!r}")
+    return cfg
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
+    """Read a YAML training config and apply overrides.
+
+    Overrides come as a mapping and/or keyword arguments; keys may be dotted
+    (``{"loss.grad": 0.3}``) and ``None`` values are ignored (an unset CLI flag), so the
+    CLI can pass ``load_config(path, {"output": args.output})``. ``path=None`` starts
+    from an empty config (overrides must then give ``steps``).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"training config {p} not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a training config must be a YAML mapping, got {type(loaded).__name__}")
+        data = dict(loaded or {})
+    for key, value in {**dict(overrides or {}), **kwargs}.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+
+
+def recipe_path(name: str) -> Path:
+    """Path of a bundled recipe, e.g. ``recipe_path("quick")``."""
+    path = Path(__file__).with_name("recipes") / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no bundled recipe {name!r}; available: {available}")
+    return path

@@ -1,0 +1,354 @@
+"""Training examples: (low, high, target, mask) crops made through ANY depth predictor.
+
+For one (image, ground truth) pair the predictor runs on the FULL image at ``low_res``
+and at ``high_res`` (as at inference), both outputs become disparity-like
+(``to_disparity_like``), and one random square box of the image is cut out of the low
+prediction, the high prediction and the ground-truth disparity (1/depth for depth gt) and
+resampled to ``crop`` x ``crop``. The box is placed in relative image coordinates and
+sampled with exact sub-pixel geometry, so the three maps stay registered although they
+have different sizes. A random horizontal flip follows, then low and high are min-max
+normalised independently (as inference does) and the target's valid pixels are min-max
+normalised to [0, 1] (the losses are scale/shift invariant; this only fixes the range).
+
+Augmentation, all drawn from ``numpy.random.default_rng([seed, index])`` so example
+``index`` is the same on every run and a resumed run sees exactly the same data:
+
+* source: one of the configured sources, with probability proportional to its weight;
+  a synthetic source renders a fresh scene per example (scene seed in [0, 2**62); the
+  validation scenes use seeds >= 2**62, so they are never trained on);
+* simulated predictor: ``cons``, ``edge``, ``texture`` uniform over :class:`NoiseRanges`
+  (defaults 0.05-0.3, 1-4 px, 0-0.5) and a fresh noise seed per example;
+* scale jitter: the box side, in HIGH-prediction pixels, is ``crop * U(crop_scale)``
+  (1.0 = the high map at its native resolution, as the network sees it at inference),
+  capped by the high map's short side;
+* position: uniform; flip: probability 0.5 when enabled.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, make_scene, open_dataset
+from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
+from ..predictors import OutputKind, Predictor, PredictorSpec, SampleContext, get_predictor
+from ..predictors.base import parse_options
+
+#: Scene seeds at or above this value are reserved for validation scenes.
+VALIDATION_SEED_BASE = 2**62
+#: Folder names of this project's validation sets; training refuses to read them.
+HELD_OUT_NAMES = frozenset({"middlebury2014q", "kitti_sample", "nyu_sample"})
+#: Validation-set layouts; a dataset source with one of them is refused too.
+HELD_OUT_LAYOUTS = frozenset({"middlebury2014", "kitti", "nyu"})
+
+SourceKind = Literal["synthetic", "dataset"]
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One training crop: ``low``/``high`` 1xHxW in [0, 1], ``target`` 1xHxW disparity
+    (valid pixels in [0, 1], 0 elsewhere), ``mask`` 1xHxW bool of valid target pixels."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Stacked examples, each field Bx1xHxW."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor
+    names: tuple[str, ...]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.low.to(device), self.high.to(device), self.target.to(device), self.mask.to(device), self.names)
+
+
+@dataclass(frozen=True)
+class NoiseRanges:
+    """Uniform ranges of the simulated predictor's noise levels, sampled per example."""
+
+    cons: tuple[float, float] = (0.05, 0.3)
+    edge: tuple[float, float] = (1.0, 4.0)
+    texture: tuple[float, float] = (0.0, 0.5)
+
+    def __post_init__(self) -> None:
+        limits = {"cons": (0.0, 0.5), "edge": (0.0, 8.0), "texture": (0.0, 1.0)}
+        for key, (lo_lim, hi_lim) in limits.items():
+            value = getattr(self, key)
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"noise.{key} must be a [min, max] pair of numbers, got {value!r}") from None
+            if not lo_lim <= lo <= hi <= hi_lim:
+                raise ValueError(f"noise.{key} must satisfy {lo_lim:g} <= min <= max <= {hi_lim:g}, got {value!r}")
+            object.__setattr__(self, key, (lo, hi))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A data source: ``synthetic`` scenes of ``size`` (h, w) rendered on the fly, or a
+    ``dataset`` folder read with ``open_dataset(root, layout)``; ``weight`` is its share."""
+
+    kind: SourceKind = "synthetic"
+    root: str | None = None
+    layout: str = "auto"
+    weight: float = 1.0
+    size: tuple[int, int] = (384, 512)
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    """How examples are made (see the module docstring)."""
+
+    predictor: str = "simulated"
+    low_res: int = 384
+    high_res: int = 1024
+    crop: int = 256
+    crop_scale: tuple[float, float] = (0.75, 1.0)
+    flip: bool = True
+    noise: NoiseRanges = NoiseRanges()
+    seed: int = 0
+
+
+def is_simulated(spec: str) -> bool:
+    return PredictorSpec.parse(spec).name == "simulated"
+
+
+def simulated_spec(base: str, low_res: int, high_res: int, cons: float, edge: float, texture: float, seed: int) -> str:
+    """A ``simulated`` spec with the given noise levels and regime boundary (low/high)."""
+    parsed = PredictorSpec.parse(base)
+    options = {**parse_options(parsed.arg or ""), **parsed.options}
+    options.update(low=str(low_res), high=str(high_res), cons=f"{cons:.6g}", edge=f"{edge:.6g}",
+                   texture=f"{texture:.6g}", seed=str(seed))
+    return "simulated:" + ",".join(f"{k}={v}" for k, v in options.items())
+
+
+def gt_disparity(gt: np.ndarray, gt_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth -> (disparity float32, valid bool); 0, negative, NaN, inf are invalid."""
+    arr = np.asarray(gt, dtype=np.float64)
+    valid = np.isfinite(arr) & (arr > 0)
+    disp = np.zeros(arr.shape, dtype=np.float64)
+    disp[valid] = 1.0 / arr[valid] if gt_kind == "depth" else arr[valid]
+    return disp.astype(np.float32), valid
+
+
+def crop_map(x: torch.Tensor, box: tuple[float, float, float, float], size: int | tuple[int, int]) -> torch.Tensor:
+    """Resample the box ``(y0, x0, y1, x1)`` (relative coordinates in [0, 1], pixel edges
+    at 0 and 1) of a 1x1xhxw map to ``size`` (square side or (h, w)), bilinear at exact
+    sub-pixel positions; when the box holds more pixels than the output, the whole map is
+    first area-shrunk (antialiased) so the crop does not alias."""
+    oh, ow = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-2:]
+    y0, x0, y1, x1 = box
+    fy = (y1 - y0) * h / oh
+    fx = (x1 - x0) * w / ow
+    if fy > 1.0 or fx > 1.0:
+        x = resize(x, (max(1, round(h / max(fy, 1.0))), max(1, round(w / max(fx, 1.0)))))
+    ys = 2 * (y0 + (torch.arange(oh, dtype=torch.float32) + 0.5) / oh * (y1 - y0)) - 1
+    xs = 2 * (x0 + (torch.arange(ow, dtype=torch.float32) + 0.5) / ow * (x1 - x0)) - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+    return F.grid_sample(x.float(), grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def crop_target(
+    disp: np.ndarray, valid: np.ndarray, box: tuple[float, float, float, float], size: int | tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask-aware :func:`crop_map` of a ground-truth disparity: values are averaged over
+    valid pixels only; an output pixel is valid when all its input support was valid."""
+    m = torch.from_numpy(valid.astype(np.float32))[None, None]
+    d = torch.from_numpy(np.where(valid, disp, 0).astype(np.float32))[None, None]
+    num = crop_map(d * m, box, size)
+    den = crop_map(m, box, size)
+    ok = den >= 0.999
+    return torch.where(ok, num / den.clamp_min(1e-6), torch.zeros_like(num)), ok
+
+
+def normalize_target(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise the valid pixels to [0, 1]; invalid pixels become 0."""
+    if not bool(mask.any()):
+        return torch.zeros_like(target)
+    vals = target[mask]
+    lo, hi = vals.min(), vals.max()
+    out = (target - lo) / (hi - lo).clamp_min(1e-12)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def draw_box(rng: np.random.Generator, high_shape: tuple[int, int], crop: int, crop_scale: tuple[float, float]) -> tuple[float, float, float, float]:
+    """A square box (relative coordinates) whose side is ``crop * U(crop_scale)`` HIGH-map
+    pixels, capped by the high map's short side, at a uniform position."""
+    h, w = high_shape
+    side = min(crop * rng.uniform(*crop_scale), float(min(h, w)))
+    y0 = rng.uniform(0.0, h - side)
+    x0 = rng.uniform(0.0, w - side)
+    return y0 / h, x0 / w, (y0 + side) / h, (x0 + side) / w
+
+
+def make_example(
+    image: np.ndarray,
+    gt: np.ndarray,
+    gt_kind: str,
+    predictor: Predictor,
+    rng: np.random.Generator,
+    *,
+    name: str,
+    low_res: int,
+    high_res: int,
+    crop: int,
+    crop_scale: tuple[float, float] = (0.75, 1.0),
+    flip: bool = True,
+    context: SampleContext | None = None,
+) -> TrainingExample:
+    """One training crop of ``image`` through ``predictor`` (see the module docstring)."""
+    ctx = context or SampleContext(name=name, gt=gt, gt_kind=gt_kind)  # type: ignore[arg-type]
+    kind: OutputKind = predictor.kind
+    low_raw = predictor.predict(image, low_res, ctx)
+    high_raw = predictor.predict(image, high_res, ctx)
+    low = torch.from_numpy(to_disparity_like(sanitize(low_raw), kind))[None, None]
+    high = torch.from_numpy(to_disparity_like(sanitize(high_raw), kind))[None, None]
+    disp, valid = gt_disparity(gt, gt_kind)
+    box = draw_box(rng, tuple(high.shape[-2:]), crop, crop_scale)
+    do_flip = bool(flip and rng.random() < 0.5)
+    low_c = crop_map(low, box, crop)
+    high_c = crop_map(high, box, crop)
+    target, mask = crop_target(disp, valid, box, crop)
+    if do_flip:
+        low_c, high_c, target, mask = (t.flip(-1) for t in (low_c, high_c, target, mask))
+    low_c = minmax_normalize_batch(low_c)
+    high_c = minmax_normalize_batch(high_c)
+    target = normalize_target(target, mask)
+    return TrainingExample(low_c[0], high_c[0], target[0], mask[0], name)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(1)``, restoring the count after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def stack(examples: Sequence[TrainingExample]) -> Batch:
+    return Batch(
+        torch.stack([e.low for e in examples]),
+        torch.stack([e.high for e in examples]),
+        torch.stack([e.target for e in examples]),
+        torch.stack([e.mask for e in examples]),
+        tuple(e.name for e in examples),
+    )
+
+
+def _check_training_root(root: str, layout: str) -> Path:
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"data source root {root!r} is not a folder")
+    held = HELD_OUT_NAMES & set(path.parts)
+    if held:
+        raise ValueError(f"data source {root!r} is the validation set {sorted(held)[0]}: training never reads it")
+    if layout in HELD_OUT_LAYOUTS:
+        raise ValueError(f"data source {root!r}: layout {layout!r} is a validation layout; training never reads it")
+    return path
+
+
+class ExampleSource:
+    """Deterministic example ``index`` -> :class:`TrainingExample` over weighted sources.
+
+    ``device`` is where a fixed (non-simulated) predictor runs; examples are CPU tensors.
+    """
+
+    def __init__(self, sources: Sequence[SourceSpec], settings: ExampleSettings, device: str = "cpu") -> None:
+        if not sources:
+            raise ValueError("at least one data source is needed")
+        self.sources = list(sources)
+        self.settings = settings
+        self.device = device
+        weights = np.array([s.weight for s in self.sources], dtype=np.float64)
+        if not np.all(weights >= 0) or weights.sum() <= 0:
+            raise ValueError(f"data source weights must be >= 0 with a positive sum, got {weights.tolist()}")
+        self._cum = np.cumsum(weights / weights.sum())
+        self._datasets: dict[int, Dataset] = {}
+        for i, src in enumerate(self.sources):
+            if src.kind == "dataset":
+                if not src.root:
+                    raise ValueError(f"data source {i}: kind 'dataset' needs a root")
+                path = _check_training_root(src.root, src.layout)
+                ds = open_dataset(path, src.layout)
+                if ds.layout in HELD_OUT_LAYOUTS:
+                    raise ValueError(f"data source {src.root!r} has layout {ds.layout!r}, a validation layout")
+                if len(ds) == 0:
+                    raise ValueError(f"data source {src.root!r} holds no samples")
+                self._datasets[i] = ds
+            elif src.kind != "synthetic":
+                raise ValueError(f"data source {i}: kind must be 'synthetic' or 'dataset', got {src.kind!r}")
+        self._simulated = is_simulated(settings.predictor)
+        self._predictor: Predictor | None = None
+        self._dataset_item = functools.lru_cache(maxsize=32)(self._load_item)
+
+    def _fixed_predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = get_predictor(self.settings.predictor, self.device)
+        return self._predictor
+
+    def _load_item(self, source: int, index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+        sample = self._datasets[source][index]
+        if sample.gt is None:
+            raise ValueError(f"{sample.name} in {self.sources[source].root!r} has no ground truth")
+        return sample.image(), sample.gt, sample.gt_kind, sample.name
+
+    def example(self, index: int) -> TrainingExample:
+        s = self.settings
+        rng = np.random.default_rng([int(s.seed) & 0xFFFFFFFF, int(index)])
+        source = int(np.searchsorted(self._cum, rng.random(), side="right"))
+        source = min(source, len(self.sources) - 1)
+        spec = self.sources[source]
+        if spec.kind == "synthetic":
+            scene_seed = int(rng.integers(0, VALIDATION_SEED_BASE))
+            scene = make_scene(spec.size[0], spec.size[1], seed=scene_seed)
+            image, gt, gt_kind, name = scene.rgb, scene.depth, "depth", f"synthetic-{scene_seed}"
+        else:
+            item = int(rng.integers(0, len(self._datasets[source])))
+            image, gt, gt_kind, name = self._dataset_item(source, item)
+        if self._simulated:
+            n = s.noise
+            predictor = get_predictor(simulated_spec(
+                s.predictor, s.low_res, s.high_res,
+                cons=rng.uniform(*n.cons), edge=rng.uniform(*n.edge), texture=rng.uniform(*n.texture),
+                seed=int(rng.integers(0, 2**31)),
+            ))
+        else:
+            predictor = self._fixed_predictor()
+        return make_example(
+            image, gt, gt_kind, predictor, rng, name=name, low_res=s.low_res, high_res=s.high_res,
+            crop=s.crop, crop_scale=s.crop_scale, flip=s.flip,
+        )
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """Stacked examples; made with one torch thread (their ops are too small to
+        parallelise, and thread wake-ups cost more than the work on a busy CPU)."""
+        with single_thread():
+            return stack([self.example(i) for i in indices])
+
+
+def validation_scenes(count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Held-out synthetic scenes (seeds ``VALIDATION_SEED_BASE + i``): (rgb, depth, name)."""
+    out = []
+    for i in range(count):
+        seed = VALIDATION_SEED_BASE + i
+        scene = make_scene(size[0], size[1], seed=seed)
+        out.append((scene.rgb, scene.depth, f"validation-{i}"))
+    return out

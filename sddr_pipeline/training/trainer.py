@@ -1,0 +1,462 @@
+"""The SDDR training loop: seeded AdamW over stages, atomic checkpoints, bitwise resume.
+
+Output folder layout::
+
+    OUTPUT/log.jsonl                          one JSON record per step (+ validation)
+    OUTPUT/checkpoints/step-XXXXXX.safetensors        fp32 network weights
+    OUTPUT/checkpoints/step-XXXXXX.optim.safetensors  AdamW state + torch RNG state
+    OUTPUT/checkpoints/step-XXXXXX.json               step, config, param groups, sha256s
+    OUTPUT/final/{config.json,model.safetensors}      fp16 weights for Refiner.from_pretrained
+    OUTPUT/summary.json                               validation at init and at the end
+
+Why a resumed run is bitwise identical to an uninterrupted one on CPU: the data of step
+``s`` are examples ``s*B ... s*B+B-1``, each a pure function of (seed, index); the
+learning rate is a pure function of ``s``; weights and optimizer moments are stored in
+fp32 safetensors (no pickle) and the torch RNG state with them; the JSON file is written
+last, so a checkpoint without it is ignored. Validation runs in eval mode without
+gradients and touches no RNG.
+
+Stages: ``config.stages`` is a list of (kind, steps); :data:`STAGE_LOSSES` maps a kind
+to its loss. Only ``gt`` (L_gt, the paper's first epoch) exists so far; the
+self-distillation stage (pseudo-labels G_S, L_grad, L_fusion) is added by registering
+its kind here and in ``config.STAGE_KINDS``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+
+from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
+from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
+from ..models import Refiner, RefinerOutput
+from ..predictors import PredictorSpec, get_predictor
+from ..predictors.base import SampleContext, parse_options
+from .config import RESUMABLE_CHANGES, Stage, TrainConfig
+from .losses import LossWeights, total_loss
+from .samples import Batch, ExampleSource, crop_target, gt_disparity, is_simulated, validation_scenes
+
+Progress = Callable[[str], None]
+StageLoss = Callable[[RefinerOutput, Batch, LossWeights], tuple[torch.Tensor, dict[str, float]]]
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.json$")
+FORMAT_VERSION = 1
+
+
+def _gt_stage(output: RefinerOutput, batch: Batch, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage ``gt``: L_gt only, against ground truth."""
+    return total_loss(output, batch.target, batch.mask, weights)
+
+
+STAGE_LOSSES: dict[str, StageLoss] = {"gt": _gt_stage}
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """LR of 0-based step ``step``: linear warm-up, then constant or cosine decay to
+    ``lr * min_lr_ratio`` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.steps - config.warmup_steps - 1)
+    t = min(1.0, (step - config.warmup_steps) / span)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def stage_at(stages: tuple[Stage, ...], step: int) -> Stage:
+    """The stage that 0-based step ``step`` belongs to."""
+    end = 0
+    for stage in stages:
+        end += stage.steps
+        if step < end:
+            return stage
+    return stages[-1]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+# ----------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Held-out synthetic scenes at the HIGH working size: normalised inputs (Nx1xHxW),
+    ground-truth disparity, its valid mask, and a depth-discontinuity band mask."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    gt: torch.Tensor
+    mask: torch.Tensor
+    edges: torch.Tensor
+
+
+def validation_predictor_spec(config: TrainConfig) -> str:
+    """The configured predictor; a simulated one keeps its own (or default) noise levels
+    with the regime boundary set by ``low_res``/``high_res``."""
+    if not is_simulated(config.predictor):
+        return config.predictor
+    parsed = PredictorSpec.parse(config.predictor)
+    options = {**parse_options(parsed.arg or ""), **parsed.options, "low": str(config.low_res), "high": str(config.high_res)}
+    return "simulated:" + ",".join(f"{k}={v}" for k, v in options.items())
+
+
+def discontinuity_band(gt: torch.Tensor, mask: torch.Tensor, ratio: float = 1.1) -> torch.Tensor:
+    """Valid pixels whose 5x5 neighbourhood spans a disparity ratio above ``ratio``."""
+    big = torch.where(mask, gt, torch.zeros_like(gt))
+    small = torch.where(mask, gt, torch.full_like(gt, float("inf")))
+    hi = F.max_pool2d(big, 5, 1, 2)
+    lo = -F.max_pool2d(-small, 5, 1, 2)
+    return mask & (hi > ratio * lo)
+
+
+def build_validation(config: TrainConfig, device: torch.device) -> ValidationSet:
+    predictor = get_predictor(validation_predictor_spec(config), str(device))
+    lows, highs, gts, masks = [], [], [], []
+    for rgb, depth, name in validation_scenes(config.validation.scenes, config.validation.size):
+        ctx = SampleContext(name=name, gt=depth, gt_kind="depth")
+        low = torch.from_numpy(to_disparity_like(sanitize(predictor.predict(rgb, config.low_res, ctx)), predictor.kind))[None, None]
+        high = torch.from_numpy(to_disparity_like(sanitize(predictor.predict(rgb, config.high_res, ctx)), predictor.kind))[None, None]
+        size = tuple(high.shape[-2:])
+        disp, valid = gt_disparity(depth, "depth")
+        gt, mask = crop_target(disp, valid, (0.0, 0.0, 1.0, 1.0), size)
+        lows.append(minmax_normalize_batch(resize(low, size)))
+        highs.append(minmax_normalize_batch(high))
+        gts.append(gt)
+        masks.append(mask)
+    gt = torch.cat(gts)
+    mask = torch.cat(masks)
+    return ValidationSet(torch.cat(lows), torch.cat(highs), gt, mask, discontinuity_band(gt, mask))
+
+
+def aligned_absrel(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, region: torch.Tensor | None = None) -> float:
+    """Mean over samples of AbsRel ``|a*pred + b - gt| / gt`` in disparity space, with
+    (a, b) the least-squares fit over the valid pixels, averaged over ``region`` (default:
+    the valid pixels)."""
+    region = mask if region is None else region & mask
+    values = []
+    for p, g, m, r in zip(pred.double(), gt.double(), mask, region):
+        if int(r.sum()) == 0 or int(m.sum()) < 2:
+            continue
+        ps, gs = p[m], g[m]
+        pc = ps - ps.mean()
+        var = float((pc * pc).sum())
+        a = float((pc * (gs - gs.mean())).sum()) / var if var > 0 else 0.0
+        b = float(gs.mean() - a * ps.mean())
+        values.append(float(((a * p[r] + b - g[r]).abs() / g[r]).mean()))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def evaluate(net: torch.nn.Module, val: ValidationSet, bf16: bool = False) -> dict[str, float]:
+    """AbsRel (all valid pixels, and the discontinuity band) of the refined output and, as
+    references, of the LOW and HIGH inputs, on the validation scenes."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    with torch.no_grad(), ctx:
+        refined = net(val.low.to(device), val.high.to(device)).depth.float().cpu()
+    net.train(was_training)
+    out = {}
+    for name, pred in (("refined", refined), ("low", val.low), ("high", val.high)):
+        out[f"absrel_{name}"] = aligned_absrel(pred, val.gt, val.mask)
+        out[f"absrel_edges_{name}"] = aligned_absrel(pred, val.gt, val.mask, val.edges)
+    return out
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(data, metadata=metadata))
+
+
+def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, stage: str) -> Path:
+    """Write the three files of checkpoint ``step`` (JSON last); returns the JSON path."""
+    stem = f"step-{step:06d}"
+    weights = folder / f"{stem}.safetensors"
+    optim = folder / f"{stem}.optim.safetensors"
+    _save_safetensors(weights, dict(net.state_dict()))
+    state = optimizer.state_dict()
+    tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    _save_safetensors(optim, tensors)
+    record = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "total_steps": config.steps,
+        "stage": stage,
+        "weights": weights.name,
+        "optimizer": optim.name,
+        "sha256": {weights.name: _sha256(weights), optim.name: _sha256(optim)},
+        "param_groups": state["param_groups"],
+        "config": config.to_dict(),
+        "time": time.time(),
+    }
+    path = folder / f"{stem}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, json path) of the checkpoints in ``folder``, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def _valid_checkpoint(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+        for name in (record["weights"], record["optimizer"]):
+            file = path.parent / name
+            if not file.is_file() or _sha256(file) != record["sha256"][name]:
+                return None
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files exist and match their recorded sha256."""
+    for _, path in list_checkpoints(folder):
+        record = _valid_checkpoint(path)
+        if record is not None:
+            return path, record
+    return None
+
+
+def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights, optimizer state and the torch RNG; returns the checkpoint's step."""
+    folder = path.parent
+    net.load_state_dict(load_file(str(folder / record["weights"])), strict=True)
+    tensors = load_file(str(folder / record["optimizer"]))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(record["step"])
+
+
+def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    saved = record.get("config", {})
+    now = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(
+            f"cannot resume from {path}: the config changed in {', '.join(changed)}; "
+            "restore those settings, use another output folder, or start over with --no-resume"
+        )
+
+
+def _prune(folder: Path, keep: int) -> None:
+    for _, path in list_checkpoints(folder)[keep:]:
+        stem = path.name[: -len(".json")]
+        path.unlink(missing_ok=True)
+        for suffix in (".safetensors", ".optim.safetensors"):
+            (folder / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
+def _clear_run(out: Path) -> None:
+    """Remove this trainer's checkpoints and log (``--no-resume``); nothing else."""
+    folder = out / "checkpoints"
+    for _, path in list_checkpoints(folder):
+        stem = path.name[: -len(".json")]
+        for suffix in (".json", ".safetensors", ".optim.safetensors"):
+            (folder / f"{stem}{suffix}").unlink(missing_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- log
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only records up to ``step`` (a resumed run rewrites what came after)."""
+    kept = [r for r in _read_log(path) if int(r.get("step", 0)) <= step]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _val_line(step: int, val: dict[str, float]) -> str:
+    return (
+        f"validation @ step {step}: AbsRel refined {val['absrel_refined']:.4f} (LOW input "
+        f"{val['absrel_low']:.4f}, HIGH input {val['absrel_high']:.4f}); at depth edges "
+        f"{val['absrel_edges_refined']:.4f} (LOW {val['absrel_edges_low']:.4f}, HIGH {val['absrel_edges_high']:.4f})"
+    )
+
+
+# -------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig, resume: bool = True, progress: Progress | None = print) -> Path:
+    """Train a refiner as ``config`` says and return ``OUTPUT/final`` (fp16 weights).
+
+    With ``resume`` the newest valid checkpoint under ``OUTPUT/checkpoints`` is continued
+    (bitwise identical to an uninterrupted run on CPU); without it, this trainer's old
+    checkpoints and log are removed first. ``progress`` receives one line per step.
+    """
+    say = progress or (lambda _line: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    out = config.output_dir
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
+    log_path = out / "log.jsonl"
+
+    examples = ExampleSource(config.data, config.examples, device=str(device))
+    refiner = Refiner.from_config(config.preset, seed=config.seed)
+    net = refiner.net.to(device)
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    start = 0
+    if not resume:
+        _clear_run(out)
+    found = latest_checkpoint(ckpt_dir) if resume else None
+    if found is not None:
+        path, record = found
+        _check_compatible(record, config, path)
+        start = load_checkpoint(path, record, net, optimizer)
+        _truncate_log(log_path, start)
+        say(f"resumed from {path.name} (step {start}/{config.steps})")
+    else:
+        torch.manual_seed(config.seed)
+        if log_path.exists():
+            log_path.unlink()
+
+    val = build_validation(config, device) if config.validate_every else None
+    if val is not None and start == 0:
+        init = evaluate(net, val, config.bf16)
+        _append(log_path, {"step": 0, "val": init})
+        say(_val_line(0, init))
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda" else nullcontext()
+    run_start = time.perf_counter()
+    b = config.batch_size
+    for step in range(start, config.steps):
+        t0 = time.perf_counter()
+        stage = stage_at(config.stages, step)
+        lr = learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
+        t_data = time.perf_counter() - t0
+        with autocast:
+            output = net(batch.low, batch.high)
+        loss, parts = STAGE_LOSSES[stage.kind](output, batch, config.loss)
+        if not math.isfinite(parts["total"]):
+            raise FloatingPointError(f"non-finite loss at step {step + 1}: {parts}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)) if config.grad_clip else float("nan")
+        )
+        optimizer.step()
+        done = step + 1
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "step": done, "stage": stage.kind, "lr": lr, "loss": parts, "grad_norm": grad_norm,
+            "seconds": round(seconds, 4), "data_seconds": round(t_data, 4),
+        }
+        if val is not None and (done % config.validate_every == 0 or done == config.steps):
+            record["val"] = evaluate(net, val, config.bf16)
+        _append(log_path, record)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(ckpt_dir, done, config, net, optimizer, stage.kind)
+            _prune(ckpt_dir, config.keep_checkpoints)
+        elapsed = time.perf_counter() - run_start
+        eta = elapsed / (done - start) * (config.steps - done)
+        say(
+            f"step {done}/{config.steps} [{stage.kind}] loss {parts['total']:.4f} lr {lr:.2e} "
+            f"{seconds:.2f}s/step (data {t_data:.2f}s) elapsed {_fmt_time(elapsed)} eta {_fmt_time(eta)}"
+        )
+        if "val" in record:
+            say(_val_line(done, record["val"]))
+
+    final = out / "final"
+    refiner.save_pretrained(final)
+    _write_summary(out, config, log_path)
+    summary = json.loads((out / "summary.json").read_text())
+    init, last = summary.get("validation_init"), summary.get("validation_final")
+    if init and last:
+        say(
+            f"validation AbsRel on {config.validation.scenes} held-out scenes: random init "
+            f"{init['absrel_refined']:.4f} -> trained {last['absrel_refined']:.4f} (LOW input {last['absrel_low']:.4f}); "
+            f"at depth edges {init['absrel_edges_refined']:.4f} -> {last['absrel_edges_refined']:.4f} "
+            f"(LOW {last['absrel_edges_low']:.4f})"
+        )
+    say(f"final weights: {final}")
+    return final
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _write_summary(out: Path, config: TrainConfig, log_path: Path) -> None:
+    records = _read_log(log_path)
+    vals = [r for r in records if "val" in r]
+    steps = [r for r in records if "seconds" in r]
+    summary = {
+        "steps": config.steps,
+        "preset": config.preset,
+        "train_seconds_logged": round(sum(r["seconds"] for r in steps), 2),
+        "validation_init": vals[0]["val"] if vals and vals[0]["step"] == 0 else None,
+        "validation_final": vals[-1]["val"] if vals else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+    }
+    atomic_write_json(out / "summary.json", summary)

@@ -1,0 +1,244 @@
+"""Training config, example generation, validation metric and the resumable trainer."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sddr_pipeline.inference.normalize import resize
+from sddr_pipeline.models import Refiner
+from sddr_pipeline.predictors import OutputKind, working_size
+from sddr_pipeline.training import ConfigError, ExampleSource, load_config, recipe_path, train
+from sddr_pipeline.training.config import config_from_dict
+from sddr_pipeline.training.samples import SourceSpec, crop_target, gt_disparity, make_example
+from sddr_pipeline.training.trainer import aligned_absrel, learning_rate
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def tiny(output: Path, **changes) -> dict:
+    cfg = {
+        "steps": 6, "preset": "sddr-small", "seed": 3, "batch_size": 2, "crop": 64, "crop_scale": [1.0, 1.0],
+        "lr": 1e-3, "warmup_steps": 1, "data": [{"kind": "synthetic", "size": [64, 80]}],
+        "low_res": 32, "high_res": 80, "checkpoint_every": 3, "validate_every": 0,
+        "validation": {"scenes": 1, "size": [64, 80]}, "output": str(output), "device": "cpu",
+    }
+    cfg.update(changes)
+    return cfg
+
+
+# ------------------------------------------------------------------------- config
+
+
+def test_quick_recipe_loads_and_round_trips():
+    cfg = load_config(recipe_path("quick"))
+    assert cfg.preset == "sddr-small" and cfg.crop == 256 and cfg.data[0].kind == "synthetic"
+    assert [s.kind for s in cfg.stages] == ["gt"] and cfg.stages[0].steps == cfg.steps
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_overrides_are_dotted_and_none_is_ignored(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", "steps: 5\noutput: out\nloss: {grad: 0.5}\n")
+    cfg = load_config(path, {"output": None, "loss.grad": 0.25}, steps=7)
+    assert cfg.steps == 7 and cfg.loss.grad == 0.25 and cfg.output == str((Path.cwd() / "out").resolve())
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("steps: 5\nstepz: 3\n", "stepz"),
+        ("steps: 5\nloss: {foo: 1}\n", "loss.foo"),
+        ("steps: 5\nloss: {grad: -1}\n", "loss.grad"),
+        ("steps: 0\n", "steps"),
+        ("steps: 5\nlr: 0\n", "lr"),
+        ("steps: 5\nbatch_size: 2.5\n", "batch_size"),
+        ("steps: 5\ndata: [{kind: web}]\n", r"data\[0\]\.kind"),
+        ("steps: 5\ndata: [{kind: dataset}]\n", r"data\[0\]\.root"),
+        ("steps: 5\nnoise: {cons: [0.3, 0.1]}\n", "noise.cons"),
+        ("steps: 5\ndevice: cpu\nbf16: true\n", "bf16"),
+        ("steps: 5\nlow_res: 512\nhigh_res: 256\n", "low_res"),
+        ("steps: 5\nstages: [{kind: gt, steps: 3}]\n", "stages"),
+        ("steps: 5\nstages: [{kind: distill, steps: 5}]\n", r"stages\[0\]\.kind"),
+        ("steps: 5\npreset: sddr-huge\n", "preset"),
+        ("- 1\n- 2\n", "mapping"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(write_yaml(tmp_path / "c.yaml", text))
+
+
+def test_learning_rate_warmup_then_cosine_to_the_floor():
+    cfg = config_from_dict({"steps": 10, "lr": 1.0, "warmup_steps": 2, "min_lr_ratio": 0.1})
+    assert [learning_rate(cfg, s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert learning_rate(cfg, 9) == pytest.approx(0.1)
+    assert learning_rate(cfg, 2) > learning_rate(cfg, 5) > learning_rate(cfg, 9)
+    const = config_from_dict({"steps": 10, "lr": 0.3, "lr_schedule": "constant"})
+    assert learning_rate(const, 7) == 0.3
+
+
+# ----------------------------------------------------------------------- examples
+
+
+class GroundTruthPredictor:
+    """A perfect predictor: the ground-truth disparity, area-resized to the working size."""
+
+    name = "gt"
+    kind = OutputKind("disparity")
+
+    def predict(self, image, resolution, context=None):
+        h, w = image.shape[:2]
+        size = working_size(h, w, resolution)
+        gt = torch.from_numpy(np.asarray(context.gt, dtype=np.float32))[None, None]
+        return resize(gt, size)[0, 0].numpy()
+
+
+def _affine_residual(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.double().flatten(), b.double().flatten()
+    design = torch.stack([x, torch.ones_like(x)], 1)
+    coef = torch.linalg.lstsq(design, y[:, None]).solution
+    return float((design @ coef - y[:, None]).abs().max())
+
+
+def test_low_high_and_target_crops_are_registered():
+    h, w = 96, 120
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    gt = (1 + ((xx - 60) / 60) ** 2 + 0.5 * ((yy - 40) / 50) ** 2).astype(np.float32)
+    image = np.zeros((h, w, 3), np.uint8)
+    for seed in range(3):
+        ex = make_example(image, gt, "disparity", GroundTruthPredictor(), np.random.default_rng(seed), name="q",
+                          low_res=60, high_res=120, crop=48, crop_scale=(1.2, 1.6))
+        inner = (slice(None), slice(4, -4), slice(4, -4))
+        assert torch.allclose(ex.high, ex.target, atol=1e-5)
+        assert _affine_residual(ex.low[inner], ex.target[inner]) < 3e-3
+        # a one-pixel misregistration is far above that tolerance
+        assert _affine_residual(ex.low[:, 5:-3, 4:-4], ex.target[inner]) > 1e-2
+
+
+def test_target_crop_keeps_values_and_marks_invalid_pixels():
+    gt = np.arange(1, 49, dtype=np.float32).reshape(6, 8)
+    gt[1, 2], gt[3, 4], gt[5, 0] = 0.0, np.nan, np.inf
+    disp, valid = gt_disparity(gt, "depth")
+    target, mask = crop_target(disp, valid, (0.0, 0.0, 1.0, 1.0), (6, 8))
+    assert torch.equal(mask[0, 0], torch.from_numpy(valid))
+    expected = np.where(valid, 1.0 / np.where(valid, gt, 1.0), 0.0).astype(np.float32)
+    assert torch.allclose(target[0, 0], torch.from_numpy(expected), rtol=1e-6, atol=0)
+
+
+def test_examples_are_deterministic_per_index_and_normalised(tmp_path):
+    cfg = config_from_dict(tiny(tmp_path))
+    source = ExampleSource(cfg.data, cfg.examples)
+    a, b, c = source.example(5), source.example(5), source.example(6)
+    for name in ("low", "high", "target", "mask"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.high, c.high)
+    assert a.low.shape == a.high.shape == a.target.shape == a.mask.shape == (1, 64, 64)
+    for t in (a.low, a.high):
+        assert float(t.min()) == 0.0 and float(t.max()) == 1.0
+    assert bool(a.mask.all())  # synthetic depth is dense
+
+
+def test_validation_sets_are_refused_as_training_data(tmp_path):
+    held = tmp_path / "kitti_sample"
+    held.mkdir()
+    cfg = config_from_dict(tiny(tmp_path))
+    with pytest.raises(ValueError, match="validation set"):
+        ExampleSource([SourceSpec(kind="dataset", root=str(held))], cfg.examples)
+
+
+def test_dataset_source_makes_examples(shared_data, tmp_path):
+    root = shared_data / "middlebury2005_2006"
+    cfg = config_from_dict(tiny(tmp_path, data=[{"kind": "dataset", "root": str(root), "layout": "middlebury2005_2006"}]))
+    ex = ExampleSource(cfg.data, cfg.examples).example(0)
+    assert ex.low.shape == (1, 64, 64) and bool(ex.mask.any())
+    assert float(ex.target[ex.mask].max()) == pytest.approx(1.0) and float(ex.target[~ex.mask].abs().sum()) == 0.0
+
+
+def test_aligned_absrel_exact():
+    gt = torch.tensor([1.0, 2.0, 4.0, 8.0]).reshape(1, 1, 2, 2)
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    assert aligned_absrel(2 * gt + 1, gt, mask) == pytest.approx(0.0, abs=1e-12)
+    flat = torch.ones_like(gt)  # no scale to fit: prediction becomes mean(gt) = 3.75
+    expected = (2.75 / 1 + 1.75 / 2 + 0.25 / 4 + 4.25 / 8) / 4
+    assert aligned_absrel(flat, gt, mask) == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------------ trainer
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(step: int, lines: list[str]):
+    def progress(line: str) -> None:
+        lines.append(line)
+        if line.startswith(f"step {step}/"):
+            raise Interrupt(line)
+
+    return progress
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    final = train(config_from_dict(tiny(out)), progress=None)
+    assert final == out / "final"
+    return out
+
+
+def _same_files(a: Path, b: Path) -> None:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+@pytest.mark.parametrize("every, kill, resumed_from", [(3, 3, 3), (2, 3, 2)])
+def test_interrupted_run_resumes_bitwise(straight_run, tmp_path, every, kill, resumed_from):
+    out = tmp_path / "run"
+    # validation on (it must not disturb training) and a different checkpoint cadence
+    cfg = config_from_dict(tiny(out, checkpoint_every=every, validate_every=2))
+    lines: list[str] = []
+    with pytest.raises(Interrupt):
+        train(cfg, progress=stop_at(kill, lines))
+    lines.clear()
+    train(cfg, progress=lines.append)
+    assert lines[0] == f"resumed from step-{resumed_from:06d}.json (step {resumed_from}/6)"
+    ckpt, ref = out / "checkpoints", straight_run / "checkpoints"
+    _same_files(ckpt / "step-000006.safetensors", ref / "step-000006.safetensors")
+    _same_files(ckpt / "step-000006.optim.safetensors", ref / "step-000006.optim.safetensors")
+    _same_files(out / "final" / "model.safetensors", straight_run / "final" / "model.safetensors")
+    steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_final_weights_load_and_refine(straight_run):
+    refiner = Refiner.from_pretrained(straight_run / "final")
+    x = torch.rand(1, 1, 40, 56)
+    out = refiner(x, x)
+    assert out.depth.shape == x.shape and bool(torch.isfinite(out.depth).all())
+    saved = load_file(str(straight_run / "final" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in saved.values() if v.is_floating_point())
+    records = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]["total"]) for r in records)
+
+
+def test_finished_run_is_not_retrained(straight_run):
+    lines: list[str] = []
+    train(config_from_dict(tiny(straight_run)), progress=lines.append)
+    assert lines[0].startswith("resumed from step-000006.json")
+    assert not any(line.startswith("step ") for line in lines)
+
+
+def test_resume_refuses_a_changed_config(straight_run):
+    with pytest.raises(ValueError, match="lr"):
+        train(config_from_dict(tiny(straight_run, steps=8, lr=5e-4)), progress=None)
