@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sddr_pipeline.predictors import PredictorError, get_predictor, working_size
-from sddr_pipeline.predictors.torchscript import IMAGENET_MEAN, IMAGENET_STD, resize_image, to_tensor
+from sddr_pipeline.predictors.common import IMAGENET_MEAN, IMAGENET_STD, resize_image, to_tensor
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 
@@ -116,7 +116,7 @@ def test_python_callable_function_class_and_resolution_aware(
             f"""
             import numpy as np
             import torch
-            from sddr_pipeline.predictors.torchscript import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+            from sddr_pipeline.predictors.common import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
             __version__ = "1.2"
             MODEL = torch.jit.load({str(torchscript_file)!r})

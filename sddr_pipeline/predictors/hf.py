@@ -40,7 +40,7 @@ from .base import (
     SampleContext,
     working_size,
 )
-from .torchscript import (
+from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_options,

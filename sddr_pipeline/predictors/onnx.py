@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .base import PredictorError, PredictorSpec
-from .torchscript import TensorModelPredictor, existing_file, file_digest
+from .common import existing_file, file_digest
+from .torchscript import TensorModelPredictor
 
 
 def _import_onnxruntime():

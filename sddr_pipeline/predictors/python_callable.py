@@ -35,7 +35,7 @@ from .base import (
     check_output,
     working_size,
 )
-from .torchscript import check_options, file_digest, maps_to_size, resize_image
+from .common import check_options, file_digest, maps_to_size, resize_image
 
 OPTIONS = frozenset({"kind", "metric"})
 

@@ -61,7 +61,7 @@ from .base import (
     parse_options,
     working_size,
 )
-from .torchscript import resize_image
+from .common import resize_image
 
 N_REGIONS = 16
 FEATHER = 0.02

@@ -1,13 +1,15 @@
 """Training configuration: a :class:`TrainConfig` loaded from YAML and validated.
 
 Every error names the offending key (``loss.grad``, ``data[1].root``, ...). Relative paths
-(``output``, dataset ``root``) are resolved against the current working directory.
+(``output``, dataset ``root``) are resolved against the current working directory; a data
+``root`` may use environment variables, ``$VAR``/``${VAR}`` or ``${VAR:-default}``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,11 +19,12 @@ import yaml
 from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec
 from .losses import LossWeights
-from .samples import ExampleSettings, NoiseRanges, SourceSpec
+from .samples import SOURCE_KINDS, ExampleSettings, NoiseRanges, SourceSpec, is_simulated
 
-#: Training stage kinds. ``gt``: L_gt only (paper's first epoch). Self-distillation stages
-#: (L_grad + L_fusion on regenerated pseudo-labels) will be added here and in the trainer.
-STAGE_KINDS: tuple[str, ...] = ("gt",)
+#: Training stage kinds. ``gt``: L_gt only (paper's first epoch). ``distill``: one
+#: self-distillation round: pseudo-labels G_S regenerated from the current model at its
+#: start, then L_gt + grad * L_grad + fusion * L_fusion (see ``training.distill``).
+STAGE_KINDS: tuple[str, ...] = ("gt", "distill")
 #: Keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({
     "steps", "stages", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
@@ -39,6 +42,33 @@ class Stage:
 
     kind: str = "gt"
     steps: int = 1
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Self-distillation rounds (each ``distill`` stage is one round).
+
+    ``pool``: how many examples get a pseudo-label at the start of a round (None: the
+    round's steps x batch size, so each is used once); the round's steps cycle through
+    them. ``coarse_to_fine_steps``: the S of G_S; ``top``/``regions``: the share of G_S
+    binarised as edges and the number of k-means regions of L_grad.
+    """
+
+    pool: int | None = None
+    coarse_to_fine_steps: int = 2
+    top: float = 0.05
+    regions: int = 8
+
+    def __post_init__(self) -> None:
+        if self.pool is not None and (isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1):
+            raise ValueError(f"distill.pool must be an integer >= 1 or null, got {self.pool!r}")
+        steps = self.coarse_to_fine_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 5:
+            raise ValueError(f"distill.coarse_to_fine_steps must be an integer in [1, 5], got {steps!r}")
+        if isinstance(self.top, bool) or not isinstance(self.top, (int, float)) or not 0.0 < self.top < 1.0:
+            raise ValueError(f"distill.top must be in (0, 1), got {self.top!r}")
+        if isinstance(self.regions, bool) or not isinstance(self.regions, int) or self.regions < 1:
+            raise ValueError(f"distill.regions must be an integer >= 1, got {self.regions!r}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,7 @@ class TrainConfig:
     low_res: int = 384
     high_res: int = 1024
     stages: tuple[Stage, ...] = ()
+    distill: DistillSettings = DistillSettings()
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     validate_every: int = 100
@@ -162,16 +193,34 @@ def _mapping(value: Any, key: str, known: set[str]) -> dict[str, Any]:
     return dict(value)
 
 
+_ENV_VAR = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")
+
+
+def expand_env(text: str, key: str) -> str:
+    """Replace ``$VAR``, ``${VAR}`` and ``${VAR:-default}`` in ``text``; an unset variable
+    without a default is an error naming ``key``."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if match.group(2) is not None:
+            return match.group(2)
+        raise ConfigError(f"{key}: environment variable {name} is not set (or write ${{{name}:-default}})")
+
+    return _ENV_VAR.sub(value, text)
+
+
 def _source(value: Any, key: str) -> SourceSpec:
     d = _mapping(value, key, {"kind", "root", "layout", "weight", "size"})
     kind = _str(d.get("kind", "synthetic"), f"{key}.kind")
-    if kind not in ("synthetic", "dataset"):
-        raise ConfigError(f"{key}.kind must be 'synthetic' or 'dataset', got {kind!r}")
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"{key}.kind must be one of {', '.join(repr(k) for k in SOURCE_KINDS)}, got {kind!r}")
     root = d.get("root")
-    if kind == "dataset":
-        root = str(Path(_str(root, f"{key}.root")).expanduser().resolve())
+    if kind != "synthetic":
+        root = str(Path(expand_env(_str(root, f"{key}.root"), f"{key}.root")).expanduser().resolve())
     elif root is not None:
-        raise ConfigError(f"{key}.root is only for kind 'dataset'")
+        raise ConfigError(f"{key}.root is only for kinds 'dataset' and 'unlabeled'")
     size = _pair(d.get("size", [384, 512]), f"{key}.size", int)
     if min(size) < 32:
         raise ConfigError(f"{key}.size must be at least 32x32, got {list(size)}")
@@ -233,6 +282,8 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     if "noise" in d:
         noise = _mapping(d["noise"], "noise", {"cons", "edge", "texture"})
         out["noise"] = _sub(NoiseRanges, {k: _pair(v, f"noise.{k}") for k, v in noise.items()}, "noise")
+    if "distill" in d:
+        out["distill"] = _sub(DistillSettings, d["distill"], "distill")
     if "validation" in d:
         v = _mapping(d["validation"], "validation", {"scenes", "size"})
         size = _pair(v.get("size", [256, 320]), "validation.size", int)
@@ -295,6 +346,12 @@ def _finish(out: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"warmup_steps ({cfg.warmup_steps}) must be smaller than steps ({cfg.steps})")
     if cfg.bf16 and cfg.device in ("cpu", "mps"):
         raise ConfigError(f"bf16 is for CUDA devices only; device is {cfg.device!r}")
+    if is_simulated(cfg.predictor):
+        for i, src in enumerate(cfg.data):
+            if src.kind == "unlabeled":
+                raise ConfigError(
+                    f"data[{i}].kind 'unlabeled' needs a real predictor; the simulated one corrupts ground truth"
+                )
     return cfg
 
 

@@ -192,35 +192,53 @@ def kmeans(points: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torc
     return labels
 
 
-def high_frequency_regions(gs: torch.Tensor, top: float = 0.05, k: int = 8, seed: int = 0) -> torch.Tensor:
-    """High-frequency regions of a pseudo-label edge map G_S (Bx1xHxW, or HxW).
-
-    Per sample, the pixels strictly above the ``1 - top`` quantile of G_S (the top 5 %)
-    are grouped by k-means on their (y, x) coordinates into ``k`` clusters; each region is
-    the bounding box of one cluster, so it holds the edges AND the flat pixels beside them
-    (the gradient loss then also penalises spurious gradients near edges). Returns bool
-    masks BxkxHxW; a sample with fewer edge pixels than ``k`` has empty trailing masks.
-    """
+def edge_clusters(gs: torch.Tensor, top: float = 0.05, k: int = 8, seed: int = 0) -> torch.Tensor:
+    """Edge clusters of a pseudo-label edge map G_S (Bx1xHxW, or HxW): per sample, the
+    pixels strictly above the ``1 - top`` quantile of G_S (the top 5 %) are grouped by
+    k-means on their (y, x) coordinates (seed ``seed + sample index``). Returns Bx1xHxW
+    int64 labels: the cluster in ``[0, k)`` of each such pixel, -1 elsewhere (so the
+    clusters are disjoint and hold only top-``top`` pixels)."""
     if gs.ndim == 2:
         gs = gs[None, None]
     b, _, h, w = gs.shape
-    out = torch.zeros(b, k, h, w, dtype=torch.bool, device=gs.device)
+    out = torch.full((b, 1, h, w), -1, dtype=torch.long, device=gs.device)
     for i in range(b):
         g = gs[i, 0].detach().float()
         thr = torch.quantile(g.flatten().cpu(), 1.0 - top).to(g.device)
         coords = torch.nonzero(g > thr)
         if coords.shape[0] == 0:
             continue
-        labels = kmeans(coords, k, seed=seed + i)
-        coords = coords.cpu()
-        for c in range(int(labels.max()) + 1):
-            member = coords[labels == c]
-            if member.shape[0] == 0:
-                continue
-            y0, x0 = member.min(0).values.tolist()
-            y1, x1 = member.max(0).values.tolist()
-            out[i, c, y0 : y1 + 1, x0 : x1 + 1] = True
+        labels = kmeans(coords, k, seed=seed + i).to(gs.device)
+        out[i, 0, coords[:, 0], coords[:, 1]] = labels
     return out
+
+
+def cluster_boxes(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Bounding boxes of :func:`edge_clusters` labels (Bx1xHxW) as bool masks BxkxHxW;
+    a cluster with no pixel gives an empty mask."""
+    b, _, h, w = labels.shape
+    out = torch.zeros(b, k, h, w, dtype=torch.bool, device=labels.device)
+    for i in range(b):
+        lab = labels[i, 0]
+        for c in range(k):
+            ys, xs = torch.nonzero(lab == c, as_tuple=True)
+            if ys.numel() == 0:
+                continue
+            out[i, c, int(ys.min()) : int(ys.max()) + 1, int(xs.min()) : int(xs.max()) + 1] = True
+    return out
+
+
+def high_frequency_regions(gs: torch.Tensor, top: float = 0.05, k: int = 8, seed: int = 0) -> torch.Tensor:
+    """High-frequency regions of a pseudo-label edge map G_S (Bx1xHxW, or HxW).
+
+    Per sample, the pixels strictly above the ``1 - top`` quantile of G_S (the top 5 %)
+    are grouped by k-means on their (y, x) coordinates into ``k`` clusters
+    (:func:`edge_clusters`); each region is the bounding box of one cluster, so it holds
+    the edges AND the flat pixels beside them (the gradient loss then also penalises
+    spurious gradients near edges). Returns bool masks BxkxHxW; a sample with fewer edge
+    pixels than ``k`` has empty trailing masks.
+    """
+    return cluster_boxes(edge_clusters(gs, top, k, seed), k)
 
 
 def edge_guided_gradient_loss(pred: torch.Tensor, gs: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

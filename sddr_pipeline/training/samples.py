@@ -22,6 +22,16 @@ Augmentation, all drawn from ``numpy.random.default_rng([seed, index])`` so exam
   (1.0 = the high map at its native resolution, as the network sees it at inference),
   capped by the high map's short side;
 * position: uniform; flip: probability 0.5 when enabled.
+
+Unlabeled sources (``kind: unlabeled``, images without ground truth, through a real
+predictor): the consistent LOW prediction, normalised and upsampled like the network's
+low input, is the value target and every pixel is valid; self-distillation stages add
+the pseudo-label G_S as the gradient target (see ``training.distill``).
+
+``ExampleSource.example(index, origin=True)`` also returns the crop's :class:`CropOrigin`
+(its RGB pixels and ground truth, registered and flipped like the maps, and a predictor
+for its windows), which the self-distillation rounds need to re-predict windows of the
+crop. Making it draws nothing from the example's generator, so the example is the same.
 """
 from __future__ import annotations
 
@@ -47,7 +57,25 @@ HELD_OUT_NAMES = frozenset({"middlebury2014q", "kitti_sample", "nyu_sample"})
 #: Validation-set layouts; a dataset source with one of them is refused too.
 HELD_OUT_LAYOUTS = frozenset({"middlebury2014", "kitti", "nyu"})
 
-SourceKind = Literal["synthetic", "dataset"]
+SourceKind = Literal["synthetic", "dataset", "unlabeled"]
+SOURCE_KINDS: tuple[str, ...] = ("synthetic", "dataset", "unlabeled")
+
+
+@dataclass(frozen=True)
+class CropOrigin:
+    """What lies under a training crop, for predicting windows of it again.
+
+    ``image`` is the crop box of the RGB image resampled at the image's own pixel density
+    (hxwx3 uint8); ``context`` names the example and carries the ground-truth disparity of
+    the box at the same size (0 = invalid; None for unlabeled data); both are flipped like
+    the example's maps. ``predictor`` predicts windows of ``image`` and ``high_res`` is
+    the base resolution of those windows (the crop's own HIGH resolution).
+    """
+
+    image: np.ndarray
+    context: SampleContext
+    predictor: Predictor
+    high_res: int
 
 
 @dataclass(frozen=True)
@@ -60,20 +88,27 @@ class TrainingExample:
     target: torch.Tensor
     mask: torch.Tensor
     name: str = ""
+    origin: CropOrigin | None = None
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Stacked examples, each field Bx1xHxW."""
+    """Stacked examples, each field Bx1xHxW; self-distillation batches add the pseudo-label
+    ``gs`` (Bx1xHxW) and its high-frequency ``regions`` (BxKxHxW bool)."""
 
     low: torch.Tensor
     high: torch.Tensor
     target: torch.Tensor
     mask: torch.Tensor
     names: tuple[str, ...]
+    gs: torch.Tensor | None = None
+    regions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.low.to(device), self.high.to(device), self.target.to(device), self.mask.to(device), self.names)
+        return Batch(
+            self.low.to(device), self.high.to(device), self.target.to(device), self.mask.to(device), self.names,
+            None if self.gs is None else self.gs.to(device), None if self.regions is None else self.regions.to(device),
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +135,8 @@ class NoiseRanges:
 @dataclass(frozen=True)
 class SourceSpec:
     """A data source: ``synthetic`` scenes of ``size`` (h, w) rendered on the fly, or a
-    ``dataset`` folder read with ``open_dataset(root, layout)``; ``weight`` is its share."""
+    ``dataset`` folder read with ``open_dataset(root, layout)``, or an ``unlabeled`` folder
+    (any layout; ground truth, if any, is ignored); ``weight`` is its share."""
 
     kind: SourceKind = "synthetic"
     root: str | None = None
@@ -198,7 +234,7 @@ def draw_box(rng: np.random.Generator, high_shape: tuple[int, int], crop: int, c
 
 def make_example(
     image: np.ndarray,
-    gt: np.ndarray,
+    gt: np.ndarray | None,
     gt_kind: str,
     predictor: Predictor,
     rng: np.random.Generator,
@@ -210,26 +246,65 @@ def make_example(
     crop_scale: tuple[float, float] = (0.75, 1.0),
     flip: bool = True,
     context: SampleContext | None = None,
+    window_predictor: tuple[Predictor, int] | None = None,
 ) -> TrainingExample:
-    """One training crop of ``image`` through ``predictor`` (see the module docstring)."""
+    """One training crop of ``image`` through ``predictor`` (see the module docstring).
+
+    ``gt=None`` (unlabeled data): the normalised LOW crop is the target, all pixels valid.
+    ``window_predictor`` = (predictor, base resolution) attaches a :class:`CropOrigin`.
+    """
     ctx = context or SampleContext(name=name, gt=gt, gt_kind=gt_kind)  # type: ignore[arg-type]
     kind: OutputKind = predictor.kind
     low_raw = predictor.predict(image, low_res, ctx)
     high_raw = predictor.predict(image, high_res, ctx)
     low = torch.from_numpy(to_disparity_like(sanitize(low_raw), kind))[None, None]
     high = torch.from_numpy(to_disparity_like(sanitize(high_raw), kind))[None, None]
-    disp, valid = gt_disparity(gt, gt_kind)
     box = draw_box(rng, tuple(high.shape[-2:]), crop, crop_scale)
     do_flip = bool(flip and rng.random() < 0.5)
     low_c = crop_map(low, box, crop)
     high_c = crop_map(high, box, crop)
-    target, mask = crop_target(disp, valid, box, crop)
+    if gt is None:
+        target, mask = low_c, torch.ones_like(low_c, dtype=torch.bool)
+    else:
+        disp, valid = gt_disparity(gt, gt_kind)
+        target, mask = crop_target(disp, valid, box, crop)
     if do_flip:
         low_c, high_c, target, mask = (t.flip(-1) for t in (low_c, high_c, target, mask))
     low_c = minmax_normalize_batch(low_c)
     high_c = minmax_normalize_batch(high_c)
     target = normalize_target(target, mask)
-    return TrainingExample(low_c[0], high_c[0], target[0], mask[0], name)
+    origin = None
+    if window_predictor is not None:
+        origin = crop_origin(image, gt, gt_kind, box, do_flip, name, *window_predictor)
+    return TrainingExample(low_c[0], high_c[0], target[0], mask[0], name, origin)
+
+
+def crop_origin(
+    image: np.ndarray,
+    gt: np.ndarray | None,
+    gt_kind: str,
+    box: tuple[float, float, float, float],
+    flip: bool,
+    name: str,
+    predictor: Predictor,
+    high_res: int,
+) -> CropOrigin:
+    """The :class:`CropOrigin` of the relative ``box``: RGB and ground-truth disparity
+    resampled with :func:`crop_map` / :func:`crop_target` (so they stay registered with the
+    example's maps) at the image's pixel density, flipped when the maps were."""
+    h, w = image.shape[:2]
+    size = (max(1, round((box[2] - box[0]) * h)), max(1, round((box[3] - box[1]) * w)))
+    rgb = crop_map(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float(), box, size)
+    gt_c = None
+    if gt is not None:
+        disp, valid = gt_disparity(gt, gt_kind)
+        gt_c = crop_target(disp, valid, box, size)[0]
+    if flip:
+        rgb = rgb.flip(-1)
+        gt_c = None if gt_c is None else gt_c.flip(-1)
+    pixels = rgb[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    context = SampleContext(name=name, gt=None if gt_c is None else gt_c[0, 0].numpy(), gt_kind="disparity")
+    return CropOrigin(np.ascontiguousarray(pixels), context, predictor, int(high_res))
 
 
 @contextlib.contextmanager
@@ -251,6 +326,27 @@ def stack(examples: Sequence[TrainingExample]) -> Batch:
         torch.stack([e.mask for e in examples]),
         tuple(e.name for e in examples),
     )
+
+
+def crop_window_predictor(settings: "ExampleSettings", spec: str | None, fixed: Predictor | None) -> tuple[Predictor, int]:
+    """Predictor and base resolution for windows of a crop treated as the image.
+
+    A crop covers about ``crop`` HIGH-prediction pixels, so its own HIGH resolution is
+    ``crop``. The simulated predictor (``spec``) gets its LOW/HIGH regime boundary scaled
+    to the crop (low ``crop * low_res / high_res``, high ``crop``), so windows predicted
+    near ``crop`` px fall in its HIGH regime, as whole images at ``high_res`` do. A real
+    predictor's (``fixed``) HIGH regime is an absolute input size, so its windows run at
+    the configured ``high_res``.
+    """
+    if fixed is not None:
+        return fixed, settings.high_res
+    assert spec is not None
+    low = max(1, round(settings.crop * settings.low_res / settings.high_res))
+    options = parse_options(PredictorSpec.parse(spec).arg or "")
+    return get_predictor(simulated_spec(
+        spec, low, settings.crop, float(options["cons"]), float(options["edge"]), float(options["texture"]),
+        int(options["seed"]),
+    )), settings.crop
 
 
 def _check_training_root(root: str, layout: str) -> Path:
@@ -281,21 +377,27 @@ class ExampleSource:
         if not np.all(weights >= 0) or weights.sum() <= 0:
             raise ValueError(f"data source weights must be >= 0 with a positive sum, got {weights.tolist()}")
         self._cum = np.cumsum(weights / weights.sum())
+        self._simulated = is_simulated(settings.predictor)
         self._datasets: dict[int, Dataset] = {}
         for i, src in enumerate(self.sources):
-            if src.kind == "dataset":
-                if not src.root:
-                    raise ValueError(f"data source {i}: kind 'dataset' needs a root")
-                path = _check_training_root(src.root, src.layout)
-                ds = open_dataset(path, src.layout)
-                if ds.layout in HELD_OUT_LAYOUTS:
-                    raise ValueError(f"data source {src.root!r} has layout {ds.layout!r}, a validation layout")
-                if len(ds) == 0:
-                    raise ValueError(f"data source {src.root!r} holds no samples")
-                self._datasets[i] = ds
-            elif src.kind != "synthetic":
-                raise ValueError(f"data source {i}: kind must be 'synthetic' or 'dataset', got {src.kind!r}")
-        self._simulated = is_simulated(settings.predictor)
+            if src.kind not in SOURCE_KINDS:
+                raise ValueError(f"data source {i}: kind must be one of {list(SOURCE_KINDS)}, got {src.kind!r}")
+            if src.kind == "synthetic":
+                continue
+            if not src.root:
+                raise ValueError(f"data source {i}: kind {src.kind!r} needs a root")
+            if src.kind == "unlabeled" and self._simulated:
+                raise ValueError(
+                    f"data source {i} ({src.root!r}) is unlabeled: it needs a real predictor "
+                    "(the simulated one corrupts ground truth)"
+                )
+            path = _check_training_root(src.root, src.layout)
+            ds = open_dataset(path, src.layout)
+            if ds.layout in HELD_OUT_LAYOUTS:
+                raise ValueError(f"data source {src.root!r} has layout {ds.layout!r}, a validation layout")
+            if len(ds) == 0:
+                raise ValueError(f"data source {src.root!r} holds no samples")
+            self._datasets[i] = ds
         self._predictor: Predictor | None = None
         self._dataset_item = functools.lru_cache(maxsize=32)(self._load_item)
 
@@ -304,13 +406,16 @@ class ExampleSource:
             self._predictor = get_predictor(self.settings.predictor, self.device)
         return self._predictor
 
-    def _load_item(self, source: int, index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+    def _load_item(self, source: int, index: int) -> tuple[np.ndarray, np.ndarray | None, str, str]:
         sample = self._datasets[source][index]
+        if self.sources[source].kind == "unlabeled":
+            return sample.image(), None, "depth", sample.name
         if sample.gt is None:
             raise ValueError(f"{sample.name} in {self.sources[source].root!r} has no ground truth")
         return sample.image(), sample.gt, sample.gt_kind, sample.name
 
-    def example(self, index: int) -> TrainingExample:
+    def example(self, index: int, origin: bool = False) -> TrainingExample:
+        """Example ``index``; ``origin=True`` attaches its :class:`CropOrigin`."""
         s = self.settings
         rng = np.random.default_rng([int(s.seed) & 0xFFFFFFFF, int(index)])
         source = int(np.searchsorted(self._cum, rng.random(), side="right"))
@@ -323,18 +428,21 @@ class ExampleSource:
         else:
             item = int(rng.integers(0, len(self._datasets[source])))
             image, gt, gt_kind, name = self._dataset_item(source, item)
+        simulated: str | None = None
         if self._simulated:
             n = s.noise
-            predictor = get_predictor(simulated_spec(
+            simulated = simulated_spec(
                 s.predictor, s.low_res, s.high_res,
                 cons=rng.uniform(*n.cons), edge=rng.uniform(*n.edge), texture=rng.uniform(*n.texture),
                 seed=int(rng.integers(0, 2**31)),
-            ))
+            )
+            predictor = get_predictor(simulated)
         else:
             predictor = self._fixed_predictor()
+        windows = crop_window_predictor(s, simulated, None if self._simulated else predictor) if origin else None
         return make_example(
             image, gt, gt_kind, predictor, rng, name=name, low_res=s.low_res, high_res=s.high_res,
-            crop=s.crop, crop_scale=s.crop_scale, flip=s.flip,
+            crop=s.crop, crop_scale=s.crop_scale, flip=s.flip, window_predictor=windows,
         )
 
     def batch(self, indices: Sequence[int]) -> Batch:

@@ -6,6 +6,7 @@ Output folder layout::
     OUTPUT/checkpoints/step-XXXXXX.safetensors        fp32 network weights
     OUTPUT/checkpoints/step-XXXXXX.optim.safetensors  AdamW state + torch RNG state
     OUTPUT/checkpoints/step-XXXXXX.json               step, config, param groups, sha256s
+    OUTPUT/distill/round-XXXXXX.safetensors           fp32 teacher weights of each distill round
     OUTPUT/final/{config.json,model.safetensors}      fp16 weights for Refiner.from_pretrained
     OUTPUT/summary.json                               validation at init and at the end
 
@@ -14,12 +15,14 @@ Why a resumed run is bitwise identical to an uninterrupted one on CPU: the data 
 learning rate is a pure function of ``s``; weights and optimizer moments are stored in
 fp32 safetensors (no pickle) and the torch RNG state with them; the JSON file is written
 last, so a checkpoint without it is ignored. Validation runs in eval mode without
-gradients and touches no RNG.
+gradients and touches no RNG. Self-distillation pseudo-labels are a pure function of the
+round's teacher weights, saved when the round starts (see ``training.distill``), so a run
+resumed inside a round rebuilds them bitwise.
 
 Stages: ``config.stages`` is a list of (kind, steps); :data:`STAGE_LOSSES` maps a kind
-to its loss. Only ``gt`` (L_gt, the paper's first epoch) exists so far; the
-self-distillation stage (pseudo-labels G_S, L_grad, L_fusion) is added by registering
-its kind here and in ``config.STAGE_KINDS``.
+to its loss: ``gt`` (L_gt, the paper's first epoch) and ``distill`` (one
+self-distillation round: L_gt + L_grad + L_fusion against pseudo-labels G_S made from
+the model at the round's start).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from ..models import Refiner, RefinerOutput
 from ..predictors import PredictorSpec, get_predictor
 from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
+from .distill import RoundPool, make_pool, pool_indices, round_start
 from .losses import LossWeights, total_loss
 from .samples import Batch, ExampleSource, crop_target, gt_disparity, is_simulated, validation_scenes
 
@@ -59,7 +63,14 @@ def _gt_stage(output: RefinerOutput, batch: Batch, weights: LossWeights) -> tupl
     return total_loss(output, batch.target, batch.mask, weights)
 
 
-STAGE_LOSSES: dict[str, StageLoss] = {"gt": _gt_stage}
+def _distill_stage(output: RefinerOutput, batch: Batch, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage ``distill``: L_gt plus L_grad (G_S in its regions) and L_fusion (Omega vs G_S)."""
+    if batch.gs is None or batch.regions is None:
+        raise ValueError("a distill batch needs pseudo-labels (gs and regions)")
+    return total_loss(output, batch.target, batch.mask, weights, gs=batch.gs, regions=batch.regions)
+
+
+STAGE_LOSSES: dict[str, StageLoss] = {"gt": _gt_stage, "distill": _distill_stage}
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -293,13 +304,44 @@ def _prune(folder: Path, keep: int) -> None:
 
 
 def _clear_run(out: Path) -> None:
-    """Remove this trainer's checkpoints and log (``--no-resume``); nothing else."""
+    """Remove this trainer's checkpoints, round teachers and log (``--no-resume``); nothing else."""
     folder = out / "checkpoints"
     for _, path in list_checkpoints(folder):
         stem = path.name[: -len(".json")]
         for suffix in (".json", ".safetensors", ".optim.safetensors"):
             (folder / f"{stem}{suffix}").unlink(missing_ok=True)
+    for path in (out / "distill").glob("round-*.safetensors"):
+        path.unlink()
     (out / "log.jsonl").unlink(missing_ok=True)
+
+
+def round_teacher_path(out: Path, start: int) -> Path:
+    return out / "distill" / f"round-{start:06d}.safetensors"
+
+
+def prepare_round(
+    config: TrainConfig, examples: ExampleSource, net: torch.nn.Module, out: Path, step: int, device: torch.device
+) -> RoundPool:
+    """The labelled pool of the distill round that 0-based ``step`` belongs to.
+
+    At the round's first step the current weights become its teacher file; later (a run
+    resumed inside the round) the file must exist and is reloaded, so the labels are the
+    ones the round started with.
+    """
+    start = round_start(config.stages, step)
+    path = round_teacher_path(out, start)
+    if step == start:
+        _save_safetensors(path, dict(net.state_dict()))
+    elif not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume inside the distill round that starts at step {start}: its teacher weights {path} "
+            "are missing; resume from a checkpoint before that step or start over with --no-resume"
+        )
+    teacher = Refiner.from_config(config.preset, seed=config.seed).to(device)
+    teacher.net.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    stage = stage_at(config.stages, step)
+    indices = pool_indices(start, config.batch_size, stage.steps, config.distill)
+    return make_pool(examples, teacher, start, indices, config.distill)
 
 
 # ---------------------------------------------------------------------------- log
@@ -386,13 +428,24 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda" else nullcontext()
     run_start = time.perf_counter()
     b = config.batch_size
+    pool: RoundPool | None = None
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         stage = stage_at(config.stages, step)
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
+        labelled = None
+        if stage.kind == "distill":
+            if pool is None or pool.start != round_start(config.stages, step):
+                pool = prepare_round(config, examples, net, out, step, device)
+                labelled = pool
+                say(f"distill round from step {pool.start}: {len(pool.examples)} pseudo-labels "
+                    f"in {pool.seconds:.1f}s ({pool.seconds / len(pool.examples):.2f}s each)")
+            batch = pool.batch(step, b).to(device)
+        else:
+            pool = None
+            batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
         t_data = time.perf_counter() - t0
         with autocast:
             output = net(batch.low, batch.high)
@@ -411,6 +464,9 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
             "step": done, "stage": stage.kind, "lr": lr, "loss": parts, "grad_norm": grad_norm,
             "seconds": round(seconds, 4), "data_seconds": round(t_data, 4),
         }
+        if labelled is not None:
+            record["pseudo_labels"] = {"round_start": labelled.start, "count": len(labelled.examples),
+                                       "seconds": round(labelled.seconds, 3)}
         if val is not None and (done % config.validate_every == 0 or done == config.steps):
             record["val"] = evaluate(net, val, config.bf16)
         _append(log_path, record)

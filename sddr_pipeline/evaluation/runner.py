@@ -1,0 +1,326 @@
+"""Score SDDR against its inputs and two training-free baselines on a dataset with GT.
+
+Per image the predictor runs ONCE at the low and once at the high resolution; every
+method is built from those same two predictions:
+
+* ``low``: the low-resolution prediction (upsampled to GT size by the metrics),
+* ``high``: the high-resolution prediction,
+* ``freq_merge`` / ``guided``: :mod:`.baselines` on the pair (made disparity-like),
+* ``sddr_one_stage``: the refiner on the pair,
+* ``sddr_two_stage``: coarse-to-fine from that one-stage result (its windows are
+  predicted again; that is the method).
+
+Every map is scored in the predictor's space and polarity with the same alignment
+(:func:`~.metrics.evaluate_prediction`), against one prepared GT per image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data import open_dataset
+from ..inference import TwoStageConfig
+from ..inference.normalize import from_disparity_like, sanitize, to_disparity_like
+from ..inference.one_stage import default_resolutions, finish, predict_pair, refine_predictions
+from ..inference.two_stage import coarse_to_fine
+from ..predictors import get_predictor
+from ..predictors.base import OutputKind, Predictor
+from . import metrics as M
+from .baselines import GUIDED_EPS, freq_merge, guided_fusion
+
+METHODS: tuple[str, ...] = ("low", "high", "freq_merge", "guided", "sddr_one_stage", "sddr_two_stage")
+METHOD_LABELS: dict[str, str] = {
+    "low": "low",
+    "high": "high",
+    "freq_merge": "freq merge",
+    "guided": "guided filter",
+    "sddr_one_stage": "SDDR one-stage",
+    "sddr_two_stage": "SDDR two-stage",
+}
+
+
+def _from_disparity_like(x: np.ndarray, kind: OutputKind) -> np.ndarray:
+    return from_disparity_like(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), kind).numpy()
+
+
+def method_maps(
+    image: np.ndarray,
+    context: Any,
+    predictor: Predictor,
+    refiner: Any,
+    low_res: int,
+    high_res: int,
+    two_stage: TwoStageConfig | None,
+    guided: tuple[int | None, float],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every method's map of one image, in the predictor's space and polarity (low and
+    high at their working sizes, the others at image size), with timings in seconds."""
+    kind = predictor.kind
+    size = image.shape[:2]
+    low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
+    maps: dict[str, np.ndarray] = {"low": np.asarray(low, np.float32), "high": np.asarray(high, np.float32)}
+    t0 = time.perf_counter()
+    low_d = to_disparity_like(sanitize(low), kind)
+    high_d = to_disparity_like(sanitize(high), kind)
+    maps["freq_merge"] = _from_disparity_like(freq_merge(low_d, high_d, size), kind)
+    radius, eps = guided
+    maps["guided"] = _from_disparity_like(guided_fusion(low_d, high_d, size, radius=radius, eps=eps), kind)
+    t1 = time.perf_counter()
+    timings["baselines"] = t1 - t0
+    start = refine_predictions(low, high, kind, refiner)
+    one = finish(start, kind, size, low, high, "one-stage", 0, timings, None, want_edges=False)
+    maps["sddr_one_stage"] = one.depth
+    timings["refine"] = time.perf_counter() - t1
+    if two_stage is not None:
+        t2 = time.perf_counter()
+        final, _ = coarse_to_fine(image, predictor, refiner, start, high_res, context, two_stage, timings, final_edges=False)
+        two = finish(final, kind, size, low, high, "two-stage", two_stage.steps, timings, None, want_edges=False)
+        maps["sddr_two_stage"] = two.depth
+        timings["two_stage"] = time.perf_counter() - t2
+    timings.pop("finish", None)
+    return maps, timings
+
+
+def aggregate(per_image: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Mean of each metric over the images where it is defined, with those counts."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        rows = [img[name] for img in per_image if name in img]
+        entry: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for key in M.METRIC_KEYS:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            counts[key] = len(values)
+            entry[key] = float(np.mean(values)) if values else None
+        entry["counts"] = counts
+        out[name] = entry
+    return out
+
+
+def _load_refiner(refiner: Any, device: str) -> Any:
+    from ..models import Refiner
+
+    if isinstance(refiner, (str, os.PathLike)):
+        return Refiner.from_pretrained(refiner, device=device)
+    return refiner
+
+
+def evaluate_dataset(
+    dataset_root: str | os.PathLike,
+    predictor_spec: str,
+    refiner: Any,
+    layout: str = "auto",
+    limit: int | None = None,
+    two_stage: bool = True,
+    progress: bool = True,
+    *,
+    low_res: int | None = None,
+    high_res: int | None = None,
+    alignment: M.AlignmentMode = "auto",
+    seed: int = 0,
+    guided_radius_px: int | None = None,
+    guided_eps: float = GUIDED_EPS,
+    report_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every method of :data:`METHODS` on each image of a dataset (see the module
+    docstring); returns ``{"methods", "per_image", "config"}`` (JSON-ready, no NaN).
+
+    ``refiner`` is a :class:`~sddr_pipeline.models.Refiner` or a weights path.
+    ``limit`` keeps the first N images (sorted by name). Images without GT are skipped
+    and listed under ``config["skipped"]``. With ``report_dir``, an HTML report with one
+    composite picture per image is written there (:mod:`.report`).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be positive, got {limit}")
+    refiner = _load_refiner(refiner, "cpu")
+    device = str(refiner.device)
+    predictor = get_predictor(predictor_spec, device=device)
+    low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    dataset = open_dataset(dataset_root, layout=layout)
+    samples_total = len(dataset)
+    count = samples_total if limit is None else min(limit, samples_total)
+    if count == 0:
+        raise ValueError(f"dataset {dataset_root} ({dataset.layout}) has no images")
+    two_cfg = TwoStageConfig() if two_stage else None
+    methods = METHODS if two_stage else METHODS[:-1]
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    writer = None
+    if report_dir is not None:
+        from .report import ReportWriter
+
+        writer = ReportWriter(report_dir, methods)
+    per_image: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    t_start = time.perf_counter()
+    for index in range(count):
+        sample = dataset[index]
+        if sample.gt is None:
+            skipped.append({"name": sample.name, "reason": "no ground truth"})
+            continue
+        t0 = time.perf_counter()
+        image = sample.image()
+        maps, timings = method_maps(
+            image, sample.context(), predictor, refiner, low_res, high_res, two_cfg, (guided_radius_px, guided_eps)
+        )
+        t1 = time.perf_counter()
+        ref = M.prepare_ground_truth(sample.gt, sample.gt_kind, seed=seed)
+        prepared = {name: M.prepare_prediction(maps[name], predictor.kind.space, predictor.kind.metric, ref, alignment) for name in methods}
+        row: dict[str, Any] = {"name": sample.name}
+        for name in methods:
+            row[name] = M.score_prediction(prepared[name], ref)
+        timings["metrics"] = time.perf_counter() - t1
+        row["timings"] = {k: round(float(v), 4) for k, v in timings.items()}
+        per_image.append(row)
+        if writer is not None:
+            writer.add_image(sample.name, image, ref, prepared, row)
+        if progress:
+            say(f"[{index + 1}/{count}] {sample.name}: {time.perf_counter() - t0:.1f} s")
+    if not per_image:
+        raise ValueError(f"no image of {dataset_root} has ground truth; nothing to evaluate")
+    fit_kind, fit_space = M.resolve_alignment(alignment, predictor.kind.space, predictor.kind.metric)
+    config = {
+        "dataset": str(dataset_root),
+        "layout": dataset.layout,
+        "images": len(per_image),
+        "images_in_dataset": samples_total,
+        "limit": limit,
+        "skipped": skipped,
+        "predictor": predictor_spec,
+        "predictor_name": getattr(predictor, "name", predictor_spec),
+        "predictor_kind": predictor.kind.describe(),
+        "refiner": refiner.version,
+        "device": device,
+        "resolutions": {"low": low_res, "high": high_res},
+        "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
+        "two_stage": None if two_cfg is None else {"steps": two_cfg.steps, "overlap": two_cfg.overlap, "window_net_scale": two_cfg.window_net_scale},
+        "baselines": {
+            "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
+            "guided": {
+                "input": "low (bicubic)",
+                "guide": "high aligned to low",
+                "radius": guided_radius_px if guided_radius_px is not None else "long side / 128",
+                "eps": guided_eps,
+                "eps_units": "low map min-max normalised to [0, 1]",
+            },
+        },
+        "metrics": {
+            "slic_segments": M.SLIC_SEGMENTS,
+            "slic_compactness": M.SLIC_COMPACTNESS,
+            "dense_min_fraction": M.DENSE_MIN_FRACTION,
+            "ord_partners": M.ORD_PARTNERS,
+            "bf1_thresholds": [round(float(t), 6) for t in M.BF1_THRESHOLDS],
+        },
+        "seed": seed,
+        "version": __version__,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    results = {"methods": aggregate(per_image, methods), "per_image": per_image, "config": config}
+    if writer is not None:
+        writer.finish(results)
+    return results
+
+
+_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("delta1", "d1", "{:.3f}"),
+    ("delta2", "d2", "{:.3f}"),
+    ("delta3", "d3", "{:.3f}"),
+    ("rel", "REL", "{:.4f}"),
+    ("rmse", "RMSE", "{:.4f}"),
+    ("ord", "ORD", "{:.4f}"),
+    ("d3r", "D3R", "{:.4f}"),
+    ("dbe_acc", "DBEacc", "{:.3f}"),
+    ("dbe_comp", "DBEcomp", "{:.3f}"),
+    ("bf1", "BF1", "{:.4f}"),
+)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A compact text table of the method means; a footnote gives per-metric image
+    counts when a metric is undefined on some images."""
+    n = results["config"]["images"]
+    header = f"{'method':<16}" + "".join(f"{label:>9}" for _, label, _ in _COLUMNS)
+    lines = [header, "-" * len(header)]
+    counts: dict[str, int] = {}
+    for name, entry in results["methods"].items():
+        cells = []
+        for key, _, fmt in _COLUMNS:
+            value = entry.get(key)
+            cells.append(f"{'-' if value is None else fmt.format(value):>9}")
+            counts[key] = min(counts.get(key, n), entry["counts"][key])
+        lines.append(f"{name:<16}" + "".join(cells))
+    partial = [f"{label} {counts[key]}/{n}" for key, label, _ in _COLUMNS if counts.get(key, n) < n]
+    if partial:
+        lines.append("defined on: " + ", ".join(partial) + " images ('-' = on none)")
+    return "\n".join(lines)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``sddr eval DATASET --predictor SPEC ...``; pair with :func:`run_eval_cli`."""
+    parser.add_argument("dataset", type=Path, help="dataset folder with ground truth (Middlebury 2014, KITTI, NYU, generic, ...)")
+    parser.add_argument("--predictor", required=True, help="predictor spec, e.g. simulated:low=384,high=1024")
+    parser.add_argument("--weights", default="default", help="refiner weights: 'default' or a folder/.safetensors file (default: %(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="write the full results (means, per image, config) here")
+    parser.add_argument("--report", type=Path, default=None, help="write an HTML report with one picture per image into this folder")
+    parser.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--no-two-stage", action="store_true", help="skip SDDR two-stage (the slowest method)")
+    parser.add_argument("--low-res", type=int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
+    parser.add_argument("--high-res", type=int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
+    parser.add_argument("--alignment", default="auto", choices=M.ALIGNMENT_MODES, help="alignment before value metrics (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of ORD's random superpixel pairs (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    parser.add_argument("--quiet", action="store_true", help="no per-image progress lines")
+    return parser
+
+
+def run_eval_cli(args: argparse.Namespace) -> int:
+    """Run ``sddr eval`` from parsed :func:`add_eval_arguments`; prints the table.
+    Returns 0, or 2 for bad input (message on stderr)."""
+    from ..cli.main import resolve_device
+    from ..data import DatasetError
+    from ..models import Refiner, RefinerWeightsError
+    from ..predictors import PredictorError
+
+    try:
+        refiner = Refiner.from_pretrained(args.weights, device=resolve_device(args.device))
+        results = evaluate_dataset(
+            args.dataset,
+            args.predictor,
+            refiner,
+            layout=args.layout,
+            limit=args.limit,
+            two_stage=not args.no_two_stage,
+            progress=not args.quiet,
+            low_res=args.low_res,
+            high_res=args.high_res,
+            alignment=args.alignment,
+            seed=args.seed,
+            report_dir=args.report,
+        )
+    except (RefinerWeightsError, PredictorError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"sddr eval: {exc}", file=sys.stderr)
+        return 2
+    cfg = results["config"]
+    print(
+        f"sddr eval: {cfg['images']} image(s) of {cfg['dataset']} ({cfg['layout']}), predictor {cfg['predictor_name']} "
+        f"at {cfg['resolutions']['low']}/{cfg['resolutions']['high']} px, refiner {cfg['refiner']}, "
+        f"alignment {cfg['alignment']['fit']} in {cfg['alignment']['space']}, {cfg['seconds']:.1f} s"
+    )
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.report is not None:
+        print(f"wrote {Path(args.report) / 'index.html'}")
+    return 0
