@@ -264,3 +264,17 @@ def test_mismatched_weights_name_the_file(small: Refiner, tmp_path) -> None:
     (folder / "config.json").write_text(PRESETS["sddr-small"].replace(interaction_layers=3).to_json())
     with pytest.raises(ValueError, match="missing keys"):
         Refiner.from_pretrained(folder)
+
+
+def test_pad_to_multiple_replicates_bottom_right_only() -> None:
+    from sddr_pipeline.models.network import network_size, pad_to_multiple
+
+    x = torch.arange(6.0).reshape(1, 1, 2, 3)
+    out = pad_to_multiple(x, 4)
+    assert out.shape == (1, 1, 4, 4)
+    assert torch.equal(out[..., :2, :3], x)
+    assert out[0, 0].tolist() == [[0, 1, 2, 2], [3, 4, 5, 5], [3, 4, 5, 5], [3, 4, 5, 5]]
+    same = torch.zeros(1, 1, 128, 256)
+    assert pad_to_multiple(same, 128) is same
+    assert network_size(300, 1000, 512) == (154, 512)
+    assert network_size(97, 203, 512) == (97, 203)
