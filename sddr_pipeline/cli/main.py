@@ -107,6 +107,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..data import DatasetError
+    from ..evaluation import evaluate_dataset, format_table
+    from ..models import Refiner, RefinerWeightsError
+    from ..predictors import PredictorError
+
+    try:
+        refiner = Refiner.from_pretrained(args.weights, device=resolve_device(args.device))
+        results = evaluate_dataset(
+            args.dataset,
+            args.predictor,
+            refiner,
+            layout=args.layout,
+            limit=args.limit,
+            two_stage=not args.no_two_stage,
+            progress=not args.quiet,
+            low_res=args.low_res,
+            high_res=args.high_res,
+            alignment=args.alignment,
+            seed=args.seed,
+            report_dir=args.report,
+        )
+    except (RefinerWeightsError, PredictorError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"sddr eval: {exc}", file=sys.stderr)
+        return 2
+    cfg = results["config"]
+    print(
+        f"sddr eval: {cfg['images']} image(s) of {cfg['dataset']} ({cfg['layout']}), predictor {cfg['predictor_name']} "
+        f"at {cfg['resolutions']['low']}/{cfg['resolutions']['high']} px, refiner {cfg['refiner']}, "
+        f"alignment {cfg['alignment']['fit']} in {cfg['alignment']['space']}, {cfg['seconds']:.1f} s"
+    )
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.report is not None:
+        print(f"wrote {Path(args.report) / 'index.html'}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from ..data import write_synthetic_dataset
 
@@ -171,6 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over instead of continuing from the last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no per-step log lines")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score low, high, two baselines and SDDR one-/two-stage on a dataset with ground truth")
+    e.add_argument("dataset", type=Path, help="dataset folder with ground truth (Middlebury 2014, KITTI, NYU, generic, ...)")
+    e.add_argument("--predictor", required=True, help="predictor spec, e.g. simulated:low=384,high=1024")
+    e.add_argument("--weights", default="default", help="refiner weights: 'default' or a folder/.safetensors file (default: %(default)s)")
+    e.add_argument("--json", type=Path, default=None, help="write the full results (means, per image, config) here")
+    e.add_argument("--report", type=Path, default=None, help="write an HTML report with one picture per image into this folder")
+    e.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images")
+    e.add_argument("--no-two-stage", action="store_true", help="skip SDDR two-stage (the slowest method)")
+    e.add_argument("--low-res", type=_positive_int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
+    e.add_argument("--high-res", type=_positive_int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
+    e.add_argument("--alignment", default="auto", choices=("auto", "disparity", "depth", "scale", "metric"), help="alignment before value metrics (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="seed of ORD's random superpixel pairs (default: %(default)s)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    e.add_argument("--quiet", action="store_true", help="no per-image progress lines")
+    e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("synth", help="write procedural synthetic RGB-D scenes (exact depth) in the generic layout")
     s.add_argument("output", type=Path)

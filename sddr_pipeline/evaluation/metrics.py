@@ -3,15 +3,17 @@
 Pipeline for one prediction (:func:`evaluate_prediction`):
 
 1. The prediction is resized to the ground truth's size (bilinear) and non-finite pixels
-   are filled (:func:`~sddr_pipeline.inference.normalize.sanitize`). Valid GT = finite
-   and > 0.
+   are set to the median of the finite ones (the rule of
+   :func:`~sddr_pipeline.inference.normalize.sanitize`, kept in float64 here so exact
+   inputs score exactly). Valid GT = finite and > 0.
 2. Alignment (:func:`align_prediction`): least-squares scale and shift on valid pixels in
    the predictor's space (disparity for relative inverse-depth predictors, depth for
    relative depth predictors and for metric ones), or scale only, or none ("metric").
-   The aligned map is clipped below at the smallest valid GT value of the fitting space
-   (in disparity: depth never exceeds the farthest GT depth, the dataset-agnostic form
-   of the usual ``depth_cap``; in depth: never nearer than the nearest GT depth), then
-   turned into depth.
+   The aligned map is clipped below, then turned into depth. In disparity the floor is
+   the smallest valid GT disparity: depth never exceeds the farthest GT depth (the
+   dataset-agnostic form of the usual ``depth_cap``), so a few near-zero disparities
+   cannot blow REL up. In depth the floor is 1e-3 of the nearest GT depth: it only keeps
+   depth positive (REL of a too-near pixel is bounded by 1 anyway).
 3. Value metrics (delta_k, REL, RMSE) on the aligned depth at valid pixels.
 4. Ordinal metrics (ORD, D3R) on disparity-like maps, no fit: GT disparity divided by its
    maximum, so it lies in [m, 1] with m = min/max, and the raw estimate (made disparity-
@@ -51,8 +53,6 @@ from skimage.feature import canny
 from skimage.segmentation import slic
 
 from ..inference.alignment import align_least_squares
-from ..inference.normalize import sanitize, to_disparity_like
-from ..predictors.base import OutputKind
 
 Space = Literal["disparity", "depth"]
 AlignmentMode = Literal["auto", "disparity", "depth", "scale", "metric"]
@@ -79,6 +79,7 @@ ORD_GT_RATIO, ORD_RATIO = 1.0, 1.03
 ORD_EPS = float(np.finfo(np.float64).eps)
 CANNY_SIGMA, CANNY_LOW, CANNY_HIGH = math.sqrt(2.0), 0.1, 0.2
 DBE_MAX = 10.0
+DEPTH_FLOOR = 1e-3
 BF1_THRESHOLDS: np.ndarray = np.linspace(1.05, 1.25, 10)
 
 
@@ -297,10 +298,25 @@ def resolve_alignment(mode: str, pred_space: str, pred_metric: bool) -> tuple[st
     return "metric", pred_space
 
 
+def sanitize64(pred: np.ndarray) -> np.ndarray:
+    """float64 copy with non-finite pixels set to the median of the finite ones (0 when
+    none is finite)."""
+    arr = np.array(pred, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        arr[~finite] = float(np.median(arr[finite])) if finite.any() else 0.0
+    return arr
+
+
+def invert(x: np.ndarray) -> np.ndarray:
+    """1 / x after clipping to 1e-3 of the largest value (the rule of
+    :func:`~sddr_pipeline.inference.normalize.to_disparity_like`), in float64."""
+    peak = float(x.max()) if x.size else 0.0
+    return 1.0 / np.maximum(x, max(peak * 1e-3, 1e-6))
+
+
 def _to_space(pred: np.ndarray, pred_space: str, space: str) -> np.ndarray:
-    if pred_space == space:
-        return pred
-    return to_disparity_like(pred.astype(np.float32), OutputKind("depth")).astype(np.float64)
+    return pred if pred_space == space else invert(pred)
 
 
 def align_prediction(
@@ -319,7 +335,8 @@ def align_prediction(
         xv, tv = x[valid], target[valid]
         den = float(np.dot(xv, xv))
         a = float(np.dot(xv, tv)) / den if den > 0 else 1.0
-    floor = float(target[valid].min()) if valid.any() else 1e-6
+    smallest = float(target[valid].min()) if valid.any() else 1.0
+    floor = smallest if space == "disparity" else DEPTH_FLOOR * smallest
     aligned = np.maximum(a * x + b, floor)
     depth = aligned if space == "depth" else 1.0 / aligned
     return depth, Alignment(kind, space, float(a), float(b), floor)
@@ -462,9 +479,9 @@ def prepare_prediction(
     arr = np.asarray(pred)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"prediction must be a non-empty 2-D map, got shape {arr.shape}")
-    full = resize_bilinear(sanitize(arr), ref.shape)
+    full = resize_bilinear(sanitize64(arr), ref.shape)
     depth, info = align_prediction(full, pred_space, pred_metric, ref, alignment)
-    disp = to_disparity_like(full.astype(np.float32), OutputKind(pred_space, pred_metric)).astype(np.float64)
+    disp = full if pred_space == "disparity" else invert(full)
     edges = depth_edges(depth, ref.valid) if ref.edges is not None else None
     return PreparedPrediction(depth=depth, disparity=disp, edges=edges, alignment=info)
 
@@ -499,7 +516,7 @@ def evaluate_prediction(
     pred: np.ndarray,
     pred_space: Space,
     pred_metric: bool,
-    gt: np.ndarray,
+    gt: np.ndarray | None,
     gt_kind: str = "depth",
     *,
     alignment: AlignmentMode = "auto",
@@ -511,9 +528,10 @@ def evaluate_prediction(
 
     ``pred`` is in ``pred_space`` ("disparity" or "depth") at any size; ``gt`` is 0 (or
     non-finite) where invalid. Pass a ``reference`` from :func:`prepare_ground_truth` of
-    the same ``gt`` to score many predictions without recomputing superpixels and edges.
+    the same ``gt`` (``gt`` may then be None) to score many predictions without
+    recomputing superpixels and edges.
     """
     ref = reference if reference is not None else prepare_ground_truth(gt, gt_kind, seed)
-    if reference is not None and np.shape(gt) != ref.shape:
+    if reference is not None and gt is not None and np.shape(gt) != ref.shape:
         raise ValueError(f"reference was prepared for a {ref.shape} GT, got {np.shape(gt)}")
     return score_prediction(prepare_prediction(pred, pred_space, pred_metric, ref, alignment), ref)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def error_map(prep: M.PreparedPrediction, ref: M.GroundTruth) -> np.ndarray:
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _message_tile(size: tuple[int, int], text: str) -> np.ndarray:
@@ -179,7 +180,7 @@ def render_panel(
             edges = _message_tile((th, tw), "edge metrics need dense GT")
             edge_caption = "edges: undefined"
         columns.append([
-            (LABELS.get(m, m), f"δ1 {_fmt(sc['delta1'])}  REL {_fmt(sc['rel'], 4)}", shrink_rgb(disp, (th, tw))),
+            (LABELS.get(m, m), f"d1 {_fmt(sc['delta1'])}  REL {_fmt(sc['rel'], 4)}", shrink_rgb(disp, (th, tw))),
             ("abs rel error", f"ORD {_fmt(sc['ord'], 3)}  D3R {_fmt(sc['d3r'], 3)}", shrink_rgb(err, (th, tw), ref.valid)),
             ("edges", edge_caption, edges),
         ])
@@ -220,19 +221,23 @@ def _cell(value: float | None, key: str, count: int | None, total: int, best: bo
 
 
 def metrics_table(rows: dict[str, dict[str, Any]], total: int | None = None) -> str:
-    """HTML table of methods x metrics; the best value of each column in bold; with
+    """HTML table of methods x metrics; the best value of each column (as displayed) in bold; with
     ``total`` images, a subscript count where a mean covers fewer."""
     head = "".join(f"<th>{html.escape(_HEADERS[k])}</th>" for k in M.METRIC_KEYS)
+
+    def shown(k: str, v: float | None) -> float | None:
+        return None if v is None else float(_TABLE_FORMAT.get(k, "{:.3f}").format(v))
+
     best: dict[str, float] = {}
     for k in M.METRIC_KEYS:
-        vals = [r[k] for r in rows.values() if r.get(k) is not None]
+        vals = [shown(k, r.get(k)) for r in rows.values() if r.get(k) is not None]
         if vals:
             best[k] = max(vals) if M.HIGHER_IS_BETTER[k] else min(vals)
     body = []
     for name, r in rows.items():
         counts = r.get("counts", {})
         cells = "".join(
-            _cell(r.get(k), k, counts.get(k) if total else None, total or 0, r.get(k) is not None and r.get(k) == best.get(k))
+            _cell(r.get(k), k, counts.get(k) if total else None, total or 0, shown(k, r.get(k)) == best.get(k, math.nan))
             for k in M.METRIC_KEYS
         )
         body.append(f"<tr><th class='m'>{html.escape(LABELS.get(name, name))}</th>{cells}</tr>")

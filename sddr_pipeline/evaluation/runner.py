@@ -15,12 +15,9 @@ Every map is scored in the predictor's space and polarity with the same alignmen
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -262,65 +259,3 @@ def format_table(results: dict[str, Any]) -> str:
     if partial:
         lines.append("defined on: " + ", ".join(partial) + " images ('-' = on none)")
     return "\n".join(lines)
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``sddr eval DATASET --predictor SPEC ...``; pair with :func:`run_eval_cli`."""
-    parser.add_argument("dataset", type=Path, help="dataset folder with ground truth (Middlebury 2014, KITTI, NYU, generic, ...)")
-    parser.add_argument("--predictor", required=True, help="predictor spec, e.g. simulated:low=384,high=1024")
-    parser.add_argument("--weights", default="default", help="refiner weights: 'default' or a folder/.safetensors file (default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="write the full results (means, per image, config) here")
-    parser.add_argument("--report", type=Path, default=None, help="write an HTML report with one picture per image into this folder")
-    parser.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--no-two-stage", action="store_true", help="skip SDDR two-stage (the slowest method)")
-    parser.add_argument("--low-res", type=int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
-    parser.add_argument("--high-res", type=int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
-    parser.add_argument("--alignment", default="auto", choices=M.ALIGNMENT_MODES, help="alignment before value metrics (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of ORD's random superpixel pairs (default: %(default)s)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
-    parser.add_argument("--quiet", action="store_true", help="no per-image progress lines")
-    return parser
-
-
-def run_eval_cli(args: argparse.Namespace) -> int:
-    """Run ``sddr eval`` from parsed :func:`add_eval_arguments`; prints the table.
-    Returns 0, or 2 for bad input (message on stderr)."""
-    from ..cli.main import resolve_device
-    from ..data import DatasetError
-    from ..models import Refiner, RefinerWeightsError
-    from ..predictors import PredictorError
-
-    try:
-        refiner = Refiner.from_pretrained(args.weights, device=resolve_device(args.device))
-        results = evaluate_dataset(
-            args.dataset,
-            args.predictor,
-            refiner,
-            layout=args.layout,
-            limit=args.limit,
-            two_stage=not args.no_two_stage,
-            progress=not args.quiet,
-            low_res=args.low_res,
-            high_res=args.high_res,
-            alignment=args.alignment,
-            seed=args.seed,
-            report_dir=args.report,
-        )
-    except (RefinerWeightsError, PredictorError, DatasetError, FileNotFoundError, ValueError) as exc:
-        print(f"sddr eval: {exc}", file=sys.stderr)
-        return 2
-    cfg = results["config"]
-    print(
-        f"sddr eval: {cfg['images']} image(s) of {cfg['dataset']} ({cfg['layout']}), predictor {cfg['predictor_name']} "
-        f"at {cfg['resolutions']['low']}/{cfg['resolutions']['high']} px, refiner {cfg['refiner']}, "
-        f"alignment {cfg['alignment']['fit']} in {cfg['alignment']['space']}, {cfg['seconds']:.1f} s"
-    )
-    print(format_table(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.json}")
-    if args.report is not None:
-        print(f"wrote {Path(args.report) / 'index.html'}")
-    return 0
