@@ -1,1 +1,53 @@
-"""Ray jobs and their YAML configs, installed as ``sddr_pipeline.pipelines``."""
+"""Ray jobs and their YAML configs, installed as ``sddr_pipeline.pipelines``.
+
+- :func:`run_refine_pipeline`: refined depth shards (``sddr pipeline refine``)
+- :func:`run_pseudolabel_pipeline`: self-distillation training shards (``sddr pseudolabel``)
+- :func:`add_pipeline_arguments`, :func:`add_pseudolabel_arguments`,
+  :func:`add_bench_pipeline_arguments`: the CLI wiring
+- ``stage``: the reusable Ray Data stages; ``configs/``: example YAML configs
+
+Attributes are imported lazily: Ray is only imported when a pipeline runs.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "run_refine_pipeline": "refine",
+    "run_refine": "refine",
+    "run_pseudolabel_pipeline": "pseudolabel",
+    "run_pseudolabel": "pseudolabel",
+    "RefinePipelineConfig": "config",
+    "PseudoLabelPipelineConfig": "config",
+    "RayConfig": "config",
+    "ConfigError": "config",
+    "load_config": "config",
+    "configs_dir": "config",
+    "InputError": "inputs",
+    "PipelineError": "runner",
+    "PipelineFailed": "runner",
+    "PipelineStalled": "runner",
+    "PipelineReport": "runner",
+    "RefineStage": "stage",
+    "PseudoLabelStage": "stage",
+    "add_pipeline_arguments": "cli",
+    "add_pseudolabel_arguments": "cli",
+    "add_bench_pipeline_arguments": "cli",
+    "run_pipeline_bench": "bench",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY)

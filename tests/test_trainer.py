@@ -66,7 +66,7 @@ def test_overrides_are_dotted_and_none_is_ignored(tmp_path):
         ("steps: 5\ndevice: cpu\nbf16: true\n", "bf16"),
         ("steps: 5\nlow_res: 512\nhigh_res: 256\n", "low_res"),
         ("steps: 5\nstages: [{kind: gt, steps: 3}]\n", "stages"),
-        ("steps: 5\nstages: [{kind: distill, steps: 5}]\n", r"stages\[0\]\.kind"),
+        ("steps: 5\nstages: [{kind: finetune, steps: 5}]\n", r"stages\[0\]\.kind"),
         ("steps: 5\npreset: sddr-huge\n", "preset"),
         ("- 1\n- 2\n", "mapping"),
     ],

@@ -6,6 +6,8 @@ mask of valid pixels, and return Python floats ``(scale, shift)`` such that
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 _EPS = 1e-12
@@ -107,17 +109,33 @@ def align_gradient(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | No
     return scale, float((r - scale * s).mean())
 
 
-def align_gradient_batch(src: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a Bx1xHxW map (kernel 6 sigma + 1, replicate border)."""
+    import kornia
+
+    k = 2 * int(math.ceil(3 * sigma)) + 1
+    return kornia.filters.gaussian_blur2d(x.float(), (k, k), (sigma, sigma), border_type="replicate")
+
+
+def align_gradient_batch(
+    src: torch.Tensor, ref: torch.Tensor, sigma: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`align_gradient` for a batch (Bx1xHxW), computed on the tensors' device with
     no host synchronisation; returns ``(scale, shift)`` tensors of shape B.
 
+    ``sigma`` > 0 blurs both maps with a Gaussian of that many pixels before taking
+    gradients. Without it a sharp window result fitted to a blurry estimate gets far too
+    small a scale (a step's gradient is concentrated in one pixel of ``src`` but spread
+    over several in ``ref``); at a common blur both edges have the same profile, while
+    the fit still ignores the low-frequency offsets the gradient domain is meant to skip.
     Where a sample's gradient fit is degenerate (flat ``src`` or non-positive scale) it
     falls back to the value least-squares fit, as the scalar version does.
     """
     s = src.double().flatten(1)
     r = ref.double().flatten(1)
-    gxs, gys = forward_gradients(src.double())
-    gxr, gyr = forward_gradients(ref.double())
+    gs, gr = (gaussian_blur(src, sigma), gaussian_blur(ref, sigma)) if sigma > 0 else (src, ref)
+    gxs, gys = forward_gradients(gs.double())
+    gxr, gyr = forward_gradients(gr.double())
     num = (gxs * gxr).flatten(1).sum(1) + (gys * gyr).flatten(1).sum(1)
     den = (gxs * gxs).flatten(1).sum(1) + (gys * gys).flatten(1).sum(1)
     grad_ok = (den > _EPS) & (num > 0)

@@ -2,9 +2,11 @@
 resumable trainer. ``train(load_config("recipe.yaml"))`` returns the final weights folder."""
 from __future__ import annotations
 
-from .config import ConfigError, Stage, TrainConfig, ValidationSettings, load_config, recipe_path
+from .config import ConfigError, DistillSettings, Stage, TrainConfig, ValidationSettings, load_config, recipe_path
 from .losses import (
     LossWeights,
+    cluster_boxes,
+    edge_clusters,
     edge_guided_gradient_loss,
     fusion_loss,
     gradient_matching,
@@ -20,6 +22,7 @@ from .trainer import evaluate, learning_rate, train
 
 __all__ = [
     "ConfigError",
+    "DistillSettings",
     "ExampleSettings",
     "ExampleSource",
     "LossWeights",
@@ -29,6 +32,8 @@ __all__ = [
     "TrainConfig",
     "TrainingExample",
     "ValidationSettings",
+    "cluster_boxes",
+    "edge_clusters",
     "edge_guided_gradient_loss",
     "evaluate",
     "fusion_loss",

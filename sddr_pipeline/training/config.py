@@ -48,10 +48,10 @@ class Stage:
 class DistillSettings:
     """Self-distillation rounds (each ``distill`` stage is one round).
 
-    ``pool``: how many examples get a pseudo-label at the start of a round (None: the
-    round's steps x batch size, so each is used once); the round's steps cycle through
-    them. ``coarse_to_fine_steps``: the S of G_S; ``top``/``regions``: the share of G_S
-    binarised as edges and the number of k-means regions of L_grad.
+    ``pool``: how many examples the round labels with the model of its first step (None:
+    the round's steps x batch size, so each is used once; fewer are cycled through, more
+    are never reached). ``coarse_to_fine_steps``: the S of G_S; ``top``/``regions``: the
+    share of G_S binarised as edges and the number of k-means regions of L_grad (<= 127).
     """
 
     pool: int | None = None
@@ -67,8 +67,8 @@ class DistillSettings:
             raise ValueError(f"distill.coarse_to_fine_steps must be an integer in [1, 5], got {steps!r}")
         if isinstance(self.top, bool) or not isinstance(self.top, (int, float)) or not 0.0 < self.top < 1.0:
             raise ValueError(f"distill.top must be in (0, 1), got {self.top!r}")
-        if isinstance(self.regions, bool) or not isinstance(self.regions, int) or self.regions < 1:
-            raise ValueError(f"distill.regions must be an integer >= 1, got {self.regions!r}")
+        if isinstance(self.regions, bool) or not isinstance(self.regions, int) or not 1 <= self.regions <= 127:
+            raise ValueError(f"distill.regions must be an integer in [1, 127], got {self.regions!r}")
 
 
 @dataclass(frozen=True)

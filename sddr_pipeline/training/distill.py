@@ -1,9 +1,15 @@
 """Self-distillation rounds: pseudo-labels G_S for training crops, made by the model itself.
 
 Each ``distill`` stage of a training config is one round. At the round's first step
-``s0`` the trainer freezes a teacher (the current weights, saved to
-``OUTPUT/distill/round-XXXXXX.safetensors``) and labels the round's pool: examples
-``s0*B ... s0*B+N-1`` (their usual indices, so each is a pure function of (seed, index)).
+``s0`` the trainer freezes a teacher, the current weights (saved to
+``OUTPUT/distill/round-XXXXXX.safetensors``). The round's pool is examples
+``s0*B ... s0*B+N-1`` (their usual indices, so each is a pure function of (seed, index));
+step ``s0 + t`` trains on pool items ``(t*B + j) mod N`` with L_gt + grad * L_grad +
+fusion * L_fusion. An item's pseudo-label is made by the teacher when a step first needs
+it (kept for later steps only when the pool is reused, N < steps * B), so labelling is
+spread over the round's steps and checkpoints keep their cadence; every label still
+comes from the model as it was at the round's start, as if all were made then.
+
 An example's pseudo-label treats its crop as the image:
 
 * D_0 = teacher(low, high) on the crop (one-stage refinement of the crop's maps);
@@ -16,10 +22,9 @@ An example's pseudo-label treats its crop as the image:
   k-means, :func:`~sddr_pipeline.training.losses.edge_clusters`), whose bounding boxes are
   the regions of L_grad.
 
-Step ``s0 + t`` trains on pool items ``(t*B + j) mod N`` with L_gt + grad * L_grad +
-fusion * L_fusion. Labels are made on one thread without touching torch's global RNG, so
-they are a pure function of (teacher weights, examples, settings): a run resumed inside a
-round reloads the round's teacher and gets bitwise the same labels.
+Labels are made on one thread without touching torch's global RNG, so they are a pure
+function of (teacher weights, example, settings): a run resumed inside a round reloads
+the round's teacher and gets bitwise the same labels.
 """
 from __future__ import annotations
 
@@ -44,34 +49,6 @@ class CropLabel:
 
     gs: torch.Tensor
     clusters: torch.Tensor
-
-
-@dataclass(frozen=True)
-class RoundPool:
-    """The labelled examples of one round starting at step ``start``."""
-
-    start: int
-    examples: tuple[TrainingExample, ...]
-    labels: tuple[CropLabel, ...]
-    regions: int
-    seconds: float
-
-    def batch(self, step: int, batch_size: int) -> Batch:
-        """The batch of 0-based global ``step``: pool items ``(t*B + j) mod N``, t = step - start."""
-        n = len(self.examples)
-        t = step - self.start
-        idx = [(t * batch_size + j) % n for j in range(batch_size)]
-        ex = [self.examples[i] for i in idx]
-        clusters = torch.stack([self.labels[i].clusters for i in idx]).long()
-        return Batch(
-            torch.stack([e.low for e in ex]),
-            torch.stack([e.high for e in ex]),
-            torch.stack([e.target for e in ex]),
-            torch.stack([e.mask for e in ex]),
-            tuple(e.name for e in ex),
-            gs=torch.stack([self.labels[i].gs for i in idx]),
-            regions=cluster_boxes(clusters, self.regions),
-        )
 
 
 def round_start(stages: Sequence[Stage], step: int) -> int:
@@ -109,21 +86,55 @@ def crop_pseudo_label(
     return CropLabel(gs, clusters)
 
 
-def make_pool(
-    source: ExampleSource, teacher: Refiner, start: int, indices: Sequence[int], settings: DistillSettings
-) -> RoundPool:
-    """Label the examples ``indices`` with ``teacher`` (eval mode, one thread, global RNG
-    untouched); origins are dropped once used, to keep the pool small."""
-    t0 = time.perf_counter()
-    config = TwoStageConfig(steps=settings.coarse_to_fine_steps)
-    teacher.eval()
-    examples: list[TrainingExample] = []
-    labels: list[CropLabel] = []
-    with single_thread(), torch.random.fork_rng(devices=[]):
-        for index in indices:
-            example = source.example(index, origin=True)
-            labels.append(crop_pseudo_label(
-                example, teacher, config, top=settings.top, regions=settings.regions, seed=index
-            ))
-            examples.append(replace(example, origin=None))
-    return RoundPool(start, tuple(examples), tuple(labels), settings.regions, time.perf_counter() - t0)
+class DistillRound:
+    """One self-distillation round: a frozen ``teacher``, the pool of example indices and
+    the pseudo-labels made so far (see the module docstring)."""
+
+    def __init__(
+        self, source: ExampleSource, teacher: Refiner, start: int, steps: int, batch_size: int,
+        settings: DistillSettings,
+    ) -> None:
+        self.source = source
+        self.teacher = teacher.eval()
+        self.start = start
+        self.settings = settings
+        self.indices = pool_indices(start, batch_size, steps, settings)
+        self.reused = len(self.indices) < steps * batch_size
+        self.config = TwoStageConfig(steps=settings.coarse_to_fine_steps)
+        self.labelled = 0
+        self.label_seconds = 0.0
+        self._cache: dict[int, tuple[TrainingExample, CropLabel]] = {}
+
+    def item(self, position: int) -> tuple[TrainingExample, CropLabel]:
+        """Pool item ``position``: the example (without its origin) and its pseudo-label."""
+        if position in self._cache:
+            return self._cache[position]
+        t0 = time.perf_counter()
+        index = self.indices[position]
+        with single_thread(), torch.random.fork_rng(devices=[]):
+            example = self.source.example(index, origin=True)
+            label = crop_pseudo_label(
+                example, self.teacher, self.config, top=self.settings.top, regions=self.settings.regions, seed=index
+            )
+        made = (replace(example, origin=None), label)
+        if self.reused:
+            self._cache[position] = made
+        self.labelled += 1
+        self.label_seconds += time.perf_counter() - t0
+        return made
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        """The batch of 0-based global ``step``: pool items ``(t*B + j) mod N``, t = step - start."""
+        n = len(self.indices)
+        t = step - self.start
+        items = [self.item((t * batch_size + j) % n) for j in range(batch_size)]
+        clusters = torch.stack([label.clusters for _, label in items]).long()
+        return Batch(
+            torch.stack([e.low for e, _ in items]),
+            torch.stack([e.high for e, _ in items]),
+            torch.stack([e.target for e, _ in items]),
+            torch.stack([e.mask for e, _ in items]),
+            tuple(e.name for e, _ in items),
+            gs=torch.stack([label.gs for _, label in items]),
+            regions=cluster_boxes(clusters, self.settings.regions),
+        )

@@ -294,7 +294,7 @@ def crop_origin(
     example's maps) at the image's pixel density, flipped when the maps were."""
     h, w = image.shape[:2]
     size = (max(1, round((box[2] - box[0]) * h)), max(1, round((box[3] - box[1]) * w)))
-    rgb = crop_map(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float(), box, size)
+    rgb = crop_map(torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None], box, size)
     gt_c = None
     if gt is not None:
         disp, valid = gt_disparity(gt, gt_kind)
@@ -328,23 +328,24 @@ def stack(examples: Sequence[TrainingExample]) -> Batch:
     )
 
 
-def crop_window_predictor(settings: "ExampleSettings", spec: str | None, fixed: Predictor | None) -> tuple[Predictor, int]:
+def crop_window_predictor(
+    settings: ExampleSettings, predictor: Predictor, simulated: str | None
+) -> tuple[Predictor, int]:
     """Predictor and base resolution for windows of a crop treated as the image.
 
     A crop covers about ``crop`` HIGH-prediction pixels, so its own HIGH resolution is
-    ``crop``. The simulated predictor (``spec``) gets its LOW/HIGH regime boundary scaled
-    to the crop (low ``crop * low_res / high_res``, high ``crop``), so windows predicted
-    near ``crop`` px fall in its HIGH regime, as whole images at ``high_res`` do. A real
-    predictor's (``fixed``) HIGH regime is an absolute input size, so its windows run at
-    the configured ``high_res``.
+    ``crop``. A simulated predictor (its per-example spec ``simulated``) is rebuilt with
+    its LOW/HIGH regime boundary scaled to the crop (low ``crop * low_res / high_res``,
+    high ``crop``), so windows predicted near ``crop`` px fall in its HIGH regime, as
+    whole images at ``high_res`` do. A real ``predictor``'s HIGH regime is an absolute
+    input size, so its windows run at the configured ``high_res``.
     """
-    if fixed is not None:
-        return fixed, settings.high_res
-    assert spec is not None
+    if simulated is None:
+        return predictor, settings.high_res
     low = max(1, round(settings.crop * settings.low_res / settings.high_res))
-    options = parse_options(PredictorSpec.parse(spec).arg or "")
+    options = parse_options(PredictorSpec.parse(simulated).arg or "")
     return get_predictor(simulated_spec(
-        spec, low, settings.crop, float(options["cons"]), float(options["edge"]), float(options["texture"]),
+        simulated, low, settings.crop, float(options["cons"]), float(options["edge"]), float(options["texture"]),
         int(options["seed"]),
     )), settings.crop
 
@@ -439,7 +440,7 @@ class ExampleSource:
             predictor = get_predictor(simulated)
         else:
             predictor = self._fixed_predictor()
-        windows = crop_window_predictor(s, simulated, None if self._simulated else predictor) if origin else None
+        windows = crop_window_predictor(s, predictor, simulated) if origin else None
         return make_example(
             image, gt, gt_kind, predictor, rng, name=name, low_res=s.low_res, high_res=s.high_res,
             crop=s.crop, crop_scale=s.crop_scale, flip=s.flip, window_predictor=windows,

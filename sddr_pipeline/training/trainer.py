@@ -47,7 +47,7 @@ from ..models import Refiner, RefinerOutput
 from ..predictors import PredictorSpec, get_predictor
 from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
-from .distill import RoundPool, make_pool, pool_indices, round_start
+from .distill import DistillRound, round_start
 from .losses import LossWeights, total_loss
 from .samples import Batch, ExampleSource, crop_target, gt_disparity, is_simulated, validation_scenes
 
@@ -321,12 +321,12 @@ def round_teacher_path(out: Path, start: int) -> Path:
 
 def prepare_round(
     config: TrainConfig, examples: ExampleSource, net: torch.nn.Module, out: Path, step: int, device: torch.device
-) -> RoundPool:
-    """The labelled pool of the distill round that 0-based ``step`` belongs to.
+) -> DistillRound:
+    """The distill round that 0-based ``step`` belongs to, with its teacher.
 
     At the round's first step the current weights become its teacher file; later (a run
     resumed inside the round) the file must exist and is reloaded, so the labels are the
-    ones the round started with.
+    ones the round would have made.
     """
     start = round_start(config.stages, step)
     path = round_teacher_path(out, start)
@@ -339,9 +339,8 @@ def prepare_round(
         )
     teacher = Refiner.from_config(config.preset, seed=config.seed).to(device)
     teacher.net.load_state_dict(load_file(str(path), device=str(device)), strict=True)
-    stage = stage_at(config.stages, step)
-    indices = pool_indices(start, config.batch_size, stage.steps, config.distill)
-    return make_pool(examples, teacher, start, indices, config.distill)
+    steps = stage_at(config.stages, step).steps
+    return DistillRound(examples, teacher, start, steps, config.batch_size, config.distill)
 
 
 # ---------------------------------------------------------------------------- log
@@ -428,23 +427,24 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda" else nullcontext()
     run_start = time.perf_counter()
     b = config.batch_size
-    pool: RoundPool | None = None
+    current: DistillRound | None = None
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         stage = stage_at(config.stages, step)
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        labelled = None
+        labels = (0, 0.0)
         if stage.kind == "distill":
-            if pool is None or pool.start != round_start(config.stages, step):
-                pool = prepare_round(config, examples, net, out, step, device)
-                labelled = pool
-                say(f"distill round from step {pool.start}: {len(pool.examples)} pseudo-labels "
-                    f"in {pool.seconds:.1f}s ({pool.seconds / len(pool.examples):.2f}s each)")
-            batch = pool.batch(step, b).to(device)
+            if current is None or current.start != round_start(config.stages, step):
+                current = prepare_round(config, examples, net, out, step, device)
+                say(f"distill round from step {current.start}: pool of {len(current.indices)} examples, "
+                    f"pseudo-labels by the teacher of step {current.start}")
+            before = (current.labelled, current.label_seconds)
+            batch = current.batch(step, b).to(device)
+            labels = (current.labelled - before[0], current.label_seconds - before[1])
         else:
-            pool = None
+            current = None
             batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
         t_data = time.perf_counter() - t0
         with autocast:
@@ -464,9 +464,8 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
             "step": done, "stage": stage.kind, "lr": lr, "loss": parts, "grad_norm": grad_norm,
             "seconds": round(seconds, 4), "data_seconds": round(t_data, 4),
         }
-        if labelled is not None:
-            record["pseudo_labels"] = {"round_start": labelled.start, "count": len(labelled.examples),
-                                       "seconds": round(labelled.seconds, 3)}
+        if stage.kind == "distill":
+            record["pseudo_labels"] = {"made": labels[0], "seconds": round(labels[1], 4)}
         if val is not None and (done % config.validate_every == 0 or done == config.steps):
             record["val"] = evaluate(net, val, config.bf16)
         _append(log_path, record)

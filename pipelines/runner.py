@@ -1,0 +1,466 @@
+"""The driver of a shard job: plan, run the Ray stages, publish whole shards, resume.
+
+1. List the input and sort its ids; shard N gets the ids at positions
+   ``[N * rows_per_shard, (N + 1) * rows_per_shard)`` (:class:`ShardPlan`).
+2. Open the output: a new one gets a manifest; an existing one must have been made with
+   the same settings and the same input, and its temporaries are removed. Shards the
+   manifest lists as completed (and whose files exist) are skipped.
+3. Run read tasks and the model actor pool over the pending ids only; collect the results
+   on the driver, keyed by id (a retried block's rows are counted once), and as soon as
+   a shard has a result for each of its ids publish its error file, then the shard, then
+   the manifest. A crash at any point leaves complete files only, and a rerun redoes
+   exactly the shards that were not recorded.
+"""
+from __future__ import annotations
+
+import _thread
+import contextlib
+import logging
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import pyarrow as pa
+
+from sddr_pipeline import __version__
+from sddr_pipeline.shards.io import filesystem, write_table
+from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
+from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
+
+from .config import ConfigError, PipelineConfig, RayConfig
+from .inputs import InputSet, list_inputs
+from .resources import Resources, resolve_resources
+from .stage import read_inputs, select_parquet_rows
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+MAX_BLOCK_ROWS = 64
+
+
+class PipelineError(RuntimeError):
+    """The job could not run to the end; completed shards stay valid for a rerun."""
+
+
+class PipelineFailed(PipelineError):
+    """More than ``max_failed_share`` of the inputs failed."""
+
+
+class PipelineStalled(PipelineError):
+    """No result arrived for ``stall_timeout_s`` seconds."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one pipeline adds to the common driver: its name, shard kind, actor class and
+    the settings that define its output (a resumed run must match them)."""
+
+    name: str
+    kind: str
+    stage: type
+    stage_kwargs: dict[str, Any]
+    identity: dict[str, Any]
+
+
+@dataclass
+class PipelineReport:
+    """What a run did. ``rows_*`` and ``shards_written`` count this run only; the
+    manifest holds the totals over all runs."""
+
+    output: str
+    total: int
+    pending_at_start: int
+    rows_written: int = 0
+    rows_failed: int = 0
+    shards_written: list[int] = field(default_factory=list)
+    shards_skipped: int = 0
+    seconds: float = 0.0
+    first_result_seconds: float | None = None
+    resources: dict[str, Any] | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        """Rows of this run per second of wall time, start-up (listing, actors) included."""
+        return (self.rows_written + self.rows_failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def ray_session(config: RayConfig) -> Iterator[Any]:
+    """Ray for the run: reuse an initialised session, else start one (shut down after)."""
+    import ray
+    import ray.data  # noqa: F401 - ray.data is used through the yielded module
+
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False}
+    if config.address:
+        kwargs["address"] = config.address
+    else:
+        kwargs.update({k: v for k, v in (("num_cpus", config.num_cpus), ("num_gpus", config.num_gpus),
+                                          ("object_store_memory", config.object_store_memory)) if v is not None})
+    ray.init(**kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class Watchdog:
+    """Interrupts the driver's main thread when no result arrived for ``timeout`` seconds
+    (a hung model call, a lost node); inactive off the main thread or without a timeout."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._last = time.monotonic()
+        self._paused = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Watchdog":
+        if self.timeout is not None and threading.current_thread() is threading.main_thread():
+            self._last = time.monotonic()
+            self._thread = threading.Thread(target=self._run, name="sddr-watchdog", daemon=True)
+            self._thread.start()
+        elif self.timeout is not None:
+            log.warning("stall_timeout_s is only enforced when the pipeline runs on the main thread")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Driver work (writing a shard) that must not count as a stall."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            self.beat()
+
+    def _run(self) -> None:
+        assert self.timeout is not None
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                if not self._paused and time.monotonic() - self._last > self.timeout:
+                    self.fired = True
+                    _thread.interrupt_main()
+                    return
+
+
+class ProgressLog:
+    """Rows done/total, failures, images/s and ETA, at most every ``interval`` seconds."""
+
+    def __init__(self, name: str, total: int, interval: float, emit: Progress | None) -> None:
+        self.name, self.total, self.interval, self.emit = name, total, interval, emit
+        self.start = time.monotonic()
+        self.last = -math.inf
+        self.done = 0
+        self.failed = 0
+
+    def update(self, done: int, failed: int, shards: str, force: bool = False) -> None:
+        self.done, self.failed = done, failed
+        t = time.monotonic()
+        if self.emit is None or (not force and t - self.last < self.interval):
+            return
+        self.last = t
+        n = done + failed
+        rate = n / max(t - self.start, 1e-9)
+        eta = (self.total - n) / rate if rate > 0 else math.inf
+        pct = 100.0 * n / self.total if self.total else 100.0
+        self.emit(f"sddr pipeline {self.name}: {n}/{self.total} rows ({pct:.0f}%), {failed} failed, "
+                  f"{rate:.2f} img/s, {shards} shards" + (f", ETA {eta:.0f} s" if math.isfinite(eta) and n < self.total else ""))
+
+
+def _identity_mismatch(manifest: Mapping[str, Any], job: Job) -> list[str]:
+    old = manifest.get("identity", {})
+    keys = sorted(set(old) | set(job.identity))
+    return [f"{k}: {old.get(k)!r} -> {job.identity.get(k)!r}" for k in keys if old.get(k) != job.identity.get(k)]
+
+
+def open_manifest(layout: OutputLayout, job: Job, config: PipelineConfig, inputs: InputSet, plan: ShardPlan) -> dict[str, Any]:
+    """A new manifest for an empty output, or the existing one checked for resuming."""
+    manifest = layout.read_manifest()
+    plan_info = plan.describe()
+    if manifest is None:
+        if not layout.is_empty():
+            raise LayoutError(f"output {layout.uri} exists, is not empty and has no manifest.json; use a new output")
+        manifest = {
+            "format": FORMAT, "pipeline": job.name, "kind": job.kind, "package_version": __version__,
+            "created": now(), "identity": job.identity, "input": inputs.describe(), "plan": plan_info,
+            "versions": None, "completed": {}, "counts": {}, "runs": [],
+        }
+    else:
+        if manifest.get("pipeline") != job.name or manifest.get("kind") != job.kind:
+            raise LayoutError(f"cannot resume {layout.uri}: it is the output of a {manifest.get('pipeline')!r} job, not {job.name!r}")
+        diff = _identity_mismatch(manifest, job)
+        if diff:
+            raise LayoutError(f"cannot resume {layout.uri}: it was made with other settings ({'; '.join(diff)}); use a new output")
+        old = manifest.get("plan", {})
+        if old.get("ids_sha256") != plan_info["ids_sha256"] or old.get("rows_per_shard") != plan.rows_per_shard:
+            raise LayoutError(
+                f"cannot resume {layout.uri}: the input or rows_per_shard changed since it was started "
+                f"({old.get('ids')} ids, {old.get('rows_per_shard')} per shard then; {plan_info['ids']} ids, "
+                f"{plan.rows_per_shard} per shard now), so shards would not line up; use a new output"
+            )
+        removed = layout.clean_temporaries()
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        present = {p.rstrip("/") for p in published_shards(layout)}
+        for key in list(manifest["completed"]):
+            if layout.shard_path(int(key)) not in present:
+                log.warning("shard %s is in the manifest but its file is missing; it will be redone", key)
+                del manifest["completed"][key]
+    manifest["config"] = config.public_dict()
+    _update_counts(manifest, len(plan.ids))
+    layout.write_manifest(manifest)
+    return manifest
+
+
+def _update_counts(manifest: dict[str, Any], total: int) -> None:
+    done = sum(v["rows"] for v in manifest["completed"].values())
+    failed = sum(v["errors"] for v in manifest["completed"].values())
+    manifest["counts"] = {"inputs": total, "done": done, "failed": failed, "pending": total - done - failed,
+                          "shards_completed": len(manifest["completed"])}
+    manifest["updated"] = now()
+
+
+class ShardCollector:
+    """Gathers result rows by shard and publishes each shard once it is complete."""
+
+    def __init__(self, plan: ShardPlan, pending: list[int], layout: OutputLayout, job: Job, config: PipelineConfig,
+                 manifest: dict[str, Any], report: PipelineReport, progress: ProgressLog) -> None:
+        self.plan, self.layout, self.job, self.config = plan, layout, job, config
+        self.manifest, self.report, self.progress = manifest, report, progress
+        self.first_ids = plan.first_ids
+        self.expected = {i: frozenset(plan.shard_ids(i)) for i in pending}
+        self.rows: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in pending}
+        self.schema = schema_for(job.kind)
+        self.seen = 0
+        self.ignored = 0
+
+    def add(self, table: pa.Table) -> None:
+        for row in table.to_pylist():
+            i = shard_of(self.first_ids, row["id"])
+            buf = self.rows.get(i)
+            if buf is None or row["id"] not in self.expected[i] or row["id"] in buf:
+                self.ignored += 1
+                continue
+            buf[row["id"]] = row
+            self.seen += 1
+            if len(buf) == len(self.expected[i]):
+                self.publish(i)
+        self.progress.update(self.report.rows_written + self._buffered_ok(), self.report.rows_failed + self._buffered_failed(),
+                             self._shards_text())
+
+    def _buffered_ok(self) -> int:
+        return sum(1 for b in self.rows.values() for r in b.values() if r["error_stage"] is None)
+
+    def _buffered_failed(self) -> int:
+        return sum(1 for b in self.rows.values() for r in b.values() if r["error_stage"] is not None)
+
+    def _shards_text(self) -> str:
+        return f"{len(self.manifest['completed'])}/{self.plan.count}"
+
+    def _versions(self, i: int, rows: list[dict[str, Any]]) -> tuple[str, str]:
+        pairs = {(r["predictor"], r["refiner"]) for r in rows}
+        if len(pairs) != 1:
+            raise PipelineError(f"shard {i}: rows were made by different models {sorted(pairs)}")
+        predictor, refiner = next(iter(pairs))
+        known = self.manifest.get("versions")
+        if known and (known["predictor"], known["refiner"]) != (predictor, refiner):
+            raise PipelineError(
+                f"the models changed since earlier shards of {self.layout.uri} were written "
+                f"({known['predictor']}, {known['refiner']} then; {predictor}, {refiner} now); use a new output"
+            )
+        self.manifest["versions"] = {"predictor": predictor, "refiner": refiner}
+        return predictor, refiner
+
+    def publish(self, i: int) -> None:
+        t0 = time.perf_counter()
+        buf = self.rows.pop(i)
+        rows = [buf[k] for k in sorted(buf)]
+        ok = [r for r in rows if r["error_stage"] is None]
+        bad = [r for r in rows if r["error_stage"] is not None]
+        predictor, refiner = self._versions(i, rows)
+        meta = file_metadata(self.job.kind, shard=i, predictor=predictor, refiner=refiner,
+                             config=self.config.public_dict(), package_version=__version__)
+        fs, attempts = self.layout.fs, self.config.io_attempts
+        errors_path = self.layout.errors_path(i)
+        if bad:
+            errors = [{"id": r["id"], "source": r["source"], "stage": r["error_stage"], "reason": r["error_reason"]} for r in bad]
+            write_table(fs, errors_path, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), metadata=meta, attempts=attempts)
+        elif fs.exists(errors_path):
+            fs.rm(errors_path)
+        table = pa.Table.from_pylist([{k: r[k] for k in self.schema.names} for r in ok], schema=self.schema)
+        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta, attempts=attempts)
+        self.manifest["completed"][str(i)] = {
+            "file": f"shards/{shard_name(i)}", "rows": len(ok), "errors": len(bad),
+            "errors_file": f"errors/{shard_name(i)}" if bad else None,
+            "first_id": rows[0]["id"], "last_id": rows[-1]["id"], "bytes": size,
+            "write_seconds": round(time.perf_counter() - t0, 4),
+        }
+        _update_counts(self.manifest, len(self.plan.ids))
+        self.layout.write_manifest(self.manifest)
+        self.report.rows_written += len(ok)
+        self.report.rows_failed += len(bad)
+        self.report.shards_written.append(i)
+        check_failures(self.manifest, self.config, self.layout)
+
+    def missing(self) -> dict[int, int]:
+        """Pending shards still incomplete: {index: ids without a result}."""
+        return {i: len(self.expected[i]) - len(b) for i, b in self.rows.items()}
+
+
+def check_failures(manifest: Mapping[str, Any], config: PipelineConfig, layout: OutputLayout) -> None:
+    counts = manifest["counts"]
+    if counts["failed"] > config.max_failed_share * counts["inputs"]:
+        raise PipelineFailed(
+            f"{counts['failed']} of {counts['inputs']} inputs failed, more than max_failed_share="
+            f"{config.max_failed_share:g}; the reasons are in {layout.display(layout.errors_dir)}"
+        )
+
+
+def _block_tables(inputs: InputSet, plan: ShardPlan, pending: list[int], batch_size: int, actors: int) -> list[pa.Table]:
+    """The pending (id, source) rows in blocks sized for streaming: small enough for every
+    actor to get several, at least one actor batch, at most ``MAX_BLOCK_ROWS``."""
+    position = {id_: k for k, id_ in enumerate(inputs.ids)}
+    ids = [id_ for i in pending for id_ in plan.shard_ids(i)]
+    sources = [inputs.sources[position[id_]] for id_ in ids]
+    block = max(batch_size, min(MAX_BLOCK_ROWS, math.ceil(len(ids) / (4 * actors))))
+    return [pa.table({"id": ids[k:k + block], "source": sources[k:k + block]}, schema=pa.schema([("id", pa.string()), ("source", pa.string())]))
+            for k in range(0, len(ids), block)]
+
+
+def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int], config: PipelineConfig,
+                  resources: Resources, job: Job) -> Any:
+    """Read tasks feeding an actor pool of ``job.stage``, over the pending shards only."""
+    storage = dict(config.storage_options)
+    if inputs.kind == "parquet":
+        fs, _ = filesystem(inputs.uri, storage)
+        paths = [filesystem(f, storage)[1] for f in inputs.files]
+        import pyarrow.parquet as pq
+
+        columns = ["id", "image"] + (["source"] if "source" in pq.read_schema(paths[0], filesystem=fs).names else [])
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, include_paths=True)
+        ds = ds.map_batches(select_parquet_rows, fn_kwargs={"first_ids": plan.first_ids, "pending": frozenset(pending)},
+                            batch_format="pyarrow", batch_size=MAX_BLOCK_ROWS, num_cpus=resources.read_cpus)
+    else:
+        ds = ray.data.from_arrow(_block_tables(inputs, plan, pending, config.batch_size, resources.actors))
+        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts}
+        if inputs.kind == "dataset":
+            read_kwargs.update(dataset_root=inputs.root, dataset_layout=inputs.layout)
+        ds = ds.map_batches(read_inputs, fn_kwargs=read_kwargs, batch_format="pyarrow", batch_size=None,
+                            num_cpus=resources.read_cpus)
+    stage_kwargs = {**job.stage_kwargs, "device": config.device, "torch_threads": resources.torch_threads,
+                    "include_image": config.include_image, "low_res": config.low_res, "high_res": config.high_res}
+    gpu = {"num_gpus": resources.gpus_per_actor} if resources.gpus_per_actor > 0 else {}
+    return ds.map_batches(job.stage, fn_constructor_args=(config.predictor, config.weights),
+                          fn_constructor_kwargs=stage_kwargs, batch_size=config.batch_size, batch_format="pyarrow",
+                          compute=ray.data.ActorPoolStrategy(size=resources.actors),
+                          num_cpus=resources.cpus_per_actor, **gpu)
+
+
+def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr_progress) -> PipelineReport:
+    """Run (or resume) one shard job; see the module doc. Raises :class:`PipelineError`
+    subclasses when it cannot finish; completed shards stay valid for a rerun."""
+    config.validate()
+    for key in ("input", "output"):
+        if getattr(config, key).startswith("memory://"):
+            raise ConfigError(f"{key}: memory:// filesystems live in one process; Ray workers would not see the data")
+    t_start = time.perf_counter()
+    inputs = list_inputs(config.input, kind=config.input_kind, layout=config.layout,
+                         storage_options=config.storage_options, attempts=config.io_attempts)
+    plan = ShardPlan(inputs.ids, config.rows_per_shard)
+    layout = OutputLayout(config.output, config.storage_options, attempts=config.io_attempts)
+    manifest = open_manifest(layout, job, config, inputs, plan)
+    pending = [i for i in range(plan.count) if str(i) not in manifest["completed"]]
+    pending_rows = sum(len(plan.shard_ids(i)) for i in pending)
+    report = PipelineReport(output=layout.uri, total=len(plan.ids), pending_at_start=pending_rows,
+                            shards_skipped=plan.count - len(pending), manifest=manifest)
+    if not pending:
+        if progress:
+            progress(f"sddr pipeline {job.name}: all {plan.count} shards of {layout.uri} are complete; nothing to do")
+        check_failures(manifest, config, layout)
+        report.seconds = time.perf_counter() - t_start
+        return report
+    run = {"started": now(), "status": "running", "pending_rows": pending_rows, "pending_shards": len(pending)}
+    manifest["runs"].append(run)
+    log_progress = ProgressLog(job.name, pending_rows, config.progress_interval_s, progress)
+    dog = Watchdog(config.stall_timeout_s)
+    try:
+        with ray_session(config.ray) as ray:
+            resources = resolve_resources(config, ray.cluster_resources())
+            report.resources = run["resources"] = resources.describe()
+            if progress:
+                progress(f"sddr pipeline {job.name}: {pending_rows} rows in {len(pending)} shards to do "
+                         f"({report.shards_skipped} already complete) with {resources.actors} actors "
+                         f"({resources.cpus_per_actor:g} CPU, {resources.gpus_per_actor:g} GPU each)")
+            ctx = ray.data.DataContext.get_current()
+            bars = ctx.enable_progress_bars
+            ctx.enable_progress_bars = config.ray.progress_bars
+            try:
+                ds = build_dataset(ray, inputs, plan, pending, config, resources, job)
+                collector = ShardCollector(plan, pending, layout, job, config, manifest, report, log_progress)
+                batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+                try:
+                    with dog:
+                        for batch in batches:
+                            if report.first_result_seconds is None:
+                                report.first_result_seconds = time.perf_counter() - t_start
+                            dog.beat()
+                            with dog.paused():
+                                collector.add(batch)
+                finally:
+                    getattr(batches, "close", lambda: None)()
+            finally:
+                ctx.enable_progress_bars = bars
+        missing = collector.missing()
+        if missing:
+            raise PipelineError(f"the dataset ended with {len(missing)} shards incomplete ({sum(missing.values())} ids "
+                                f"without a result, e.g. shard {next(iter(missing))}); rerun to complete them")
+        run["status"] = "completed"
+    except KeyboardInterrupt:
+        if not dog.fired:
+            run["status"] = "interrupted"
+            raise
+        run["status"] = "stalled"
+        raise PipelineStalled(f"no result for {config.stall_timeout_s:g} s (stall_timeout_s); stopped. "
+                              f"{len(report.shards_written)} shards were completed and a rerun resumes") from None
+    except PipelineError as exc:
+        run["status"] = f"failed: {exc}"
+        raise
+    except Exception as exc:
+        run["status"] = f"failed: {type(exc).__name__}: {exc}"
+        raise PipelineError(f"sddr pipeline {job.name} failed: {type(exc).__name__}: {exc}; "
+                            f"{len(report.shards_written)} shards were completed and a rerun resumes") from exc
+    finally:
+        report.seconds = time.perf_counter() - t_start
+        run.update(finished=now(), seconds=round(report.seconds, 3),
+                   first_result_seconds=None if report.first_result_seconds is None else round(report.first_result_seconds, 3),
+                   rows_written=report.rows_written,
+                   rows_failed=report.rows_failed, shards_written=len(report.shards_written),
+                   images_per_s=round(report.images_per_s, 4))
+        _update_counts(manifest, len(plan.ids))
+        layout.write_manifest(manifest)
+        log_progress.update(report.rows_written, report.rows_failed, f"{len(manifest['completed'])}/{plan.count}", force=True)
+    check_failures(manifest, config, layout)
+    return report

@@ -1,0 +1,620 @@
+"""COLMAP integration: SDDR depth for every registered image, scaled to the SfM points.
+
+``run_colmap(WORKSPACE, predictor, refiner)`` reads ``WORKSPACE/sparse/0`` with pycolmap
+(``pip install pycolmap==4.2.1``), undistorts the images when a camera is not
+SIMPLE_PINHOLE/PINHOLE (``pycolmap.undistort_images``, COLMAP's own undistorter: it
+handles every COLMAP model, the simple radial ones included, and crops to the valid
+region), refines each registered image, and aligns the refined map to the SfM points the
+image observes:
+
+* observations are kept when their 3-D point has a track of at least
+  ``min_track_length`` images, a mean reprojection error and a reprojection error in
+  THIS image of at most ``max_reproj_error`` px, and lies in front of the camera;
+* a robust (Huber IRLS) scale and shift is fitted in inverse depth (``space="inverse"``,
+  default; as 3DGS ``make_depth_scale``: ``1/z = a * n + b`` with ``n`` the refined
+  disparity-like map) or in depth (``space="depth"``: ``z = a * d + b``, ``d`` the refined
+  map in depth polarity; meant for depth-space predictors);
+* an image is EXCLUDED (no depth written, scale 0 in ``depth_params.json``, listed with
+  the reason in ``alignment.json``) when it has fewer than ``min_points`` usable
+  observations, a non-positive scale, a median relative error at its points above
+  ``max_median_error``, or a scale that is an outlier across images: outside
+  ``scale_bounds`` (0.2-5x) of the median scale (``outlier_rule="ratio"``, 3DGS's rule) or
+  more than ``mad_k`` scaled MADs from the median log-scale (``outlier_rule="mad"``).
+
+OUTPUT (a new folder, ``WORKSPACE/sddr`` by default; COLMAP's own files are never written)::
+
+    images/                         undistorted images (or links to WORKSPACE/images)
+    sparse/0/{cameras,images,points3D}.bin   the (undistorted) model
+    sparse/0/depth_params.json      3DGS convention {stem: {scale, offset}}:
+                                    inverse depth = png / 2**16 * scale + offset
+    depths/<stem>.png               16-bit inverse depth for 3DGS (``-d depths``)
+    stereo/depth_maps/<name>.geometric.bin   COLMAP depth maps (SfM units; 0 = none)
+    confidence/<stem>.npy           per-pixel confidence in [0, 1] (sddr_pipeline.confidence)
+    alignment.json                  per-image fit, residuals, status and reasons
+    fused.ply                       coloured points of all included maps, world frame
+
+Depth is in the reconstruction's units (metric only if the SfM model is).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from sddr_pipeline.geometry.intrinsics import PINHOLE_MODELS, Intrinsics, intrinsics_from_colmap
+from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
+
+Space = Literal["inverse", "depth"]
+PYCOLMAP_HINT = "pip install pycolmap==4.2.1"
+
+
+class ColmapError(RuntimeError):
+    """The workspace or output folder cannot be used; the message says why."""
+
+
+def require_pycolmap() -> Any:
+    """``import pycolmap`` or an ImportError naming the package to install."""
+    try:
+        import pycolmap
+    except ImportError as exc:
+        raise ImportError(f"the COLMAP integration needs pycolmap ({exc}): {PYCOLMAP_HINT}") from exc
+    return pycolmap
+
+
+# ------------------------------------------------------------ COLMAP depth files
+
+
+def write_colmap_depth(path: str | Path, depth: np.ndarray) -> None:
+    """Write a COLMAP dense depth map: ASCII ``"W&H&1&"`` then little-endian float32,
+    column-major over (W, H, C), i.e. row-major HxW for one channel. Atomic."""
+    d = np.ascontiguousarray(depth, dtype="<f4")
+    if d.ndim != 2:
+        raise ValueError(f"depth must be 2-D, got {d.shape}")
+    h, w = d.shape
+    atomic_write_bytes(Path(path), f"{w}&{h}&1&".encode("ascii") + d.tobytes(order="C"))
+
+
+def read_colmap_depth(path: str | Path) -> np.ndarray:
+    """Read a COLMAP ``.bin`` depth/normal map as HxW (one channel) or HxWxC float32."""
+    data = Path(path).read_bytes()
+    fields, pos = [], 0
+    for _ in range(3):
+        end = data.index(b"&", pos)
+        fields.append(int(data[pos:end]))
+        pos = end + 1
+    w, h, c = fields
+    arr = np.frombuffer(data, dtype="<f4", offset=pos)
+    if arr.size != w * h * c:
+        raise ValueError(f"{path}: header says {w}x{h}x{c} but holds {arr.size} values")
+    out = arr.reshape(c, h, w).transpose(1, 2, 0)
+    return out[:, :, 0].copy() if c == 1 else out.copy()
+
+
+def encode_inverse_depth_png(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """3DGS depth image: uint16 ``png`` with ``1/depth = png / 2**16 * scale + offset``;
+    offset 0, so invalid pixels (depth <= 0) are 0 (infinitely far). Returns (png,
+    scale, offset); an all-invalid map gives zeros and scale 0."""
+    d = np.asarray(depth, dtype=np.float64)
+    inv = np.where(np.isfinite(d) & (d > 0), 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    top = float(inv.max()) if inv.size else 0.0
+    if top <= 0:
+        return np.zeros(d.shape, np.uint16), 0.0, 0.0
+    png = np.clip(np.rint(inv / top * 65535.0), 0, 65535).astype(np.uint16)
+    return png, top * 65536.0 / 65535.0, 0.0
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------- observations
+
+
+@dataclass
+class Observations:
+    """SfM observations of one image: keypoint rows/cols (integer-centre convention),
+    camera-frame depth ``z`` of the 3-D point, its track length, its mean reprojection
+    error and its reprojection error in this image (px)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    z: np.ndarray
+    track_length: np.ndarray
+    mean_error: np.ndarray
+    image_error: np.ndarray
+
+
+def image_observations(image: Any, camera: Any, points3D: Any) -> Observations:
+    """Collect the observations of a ``pycolmap.Image`` (with its ``Camera`` and the
+    reconstruction's ``points3D``)."""
+    cam_from_world = image.cam_from_world().matrix()
+    xy, xyz, tl, err = [], [], [], []
+    for p2d in image.points2D:
+        if not p2d.has_point3D():
+            continue
+        p3d = points3D[p2d.point3D_id]
+        xy.append(p2d.xy)
+        xyz.append(p3d.xyz)
+        tl.append(p3d.track.length())
+        err.append(p3d.error if p3d.has_error() else np.nan)
+    if not xy:
+        empty = np.zeros(0)
+        return Observations(empty, empty, empty, empty.astype(int), empty, empty)
+    xy_a, xyz_a = np.asarray(xy, dtype=np.float64), np.asarray(xyz, dtype=np.float64)
+    cam = xyz_a @ cam_from_world[:, :3].T + cam_from_world[:, 3]
+    proj = np.full_like(xy_a, np.nan)
+    front = cam[:, 2] > 0
+    if front.any():
+        proj[front] = camera.img_from_cam(cam[front], check_cheirality=False)
+    image_error = np.linalg.norm(proj - xy_a, axis=1)
+    return Observations(
+        rows=xy_a[:, 1] - 0.5,
+        cols=xy_a[:, 0] - 0.5,
+        z=cam[:, 2],
+        track_length=np.asarray(tl, dtype=int),
+        mean_error=np.asarray(err, dtype=np.float64),
+        image_error=image_error,
+    )
+
+
+def usable_observations(obs: Observations, height: int, width: int, min_track_length: int, max_reproj_error: float) -> np.ndarray:
+    """Boolean mask of observations passing the track-length, reprojection and
+    visibility filters (pure)."""
+    mean_err = np.where(np.isfinite(obs.mean_error), obs.mean_error, 0.0)
+    return (
+        (obs.z > 0)
+        & np.isfinite(obs.z)
+        & (obs.track_length >= min_track_length)
+        & (mean_err <= max_reproj_error)
+        & np.isfinite(obs.image_error)
+        & (obs.image_error <= max_reproj_error)
+        & (obs.rows >= 0) & (obs.rows <= height - 1)
+        & (obs.cols >= 0) & (obs.cols <= width - 1)
+    )
+
+
+def sample_bilinear(arr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear samples of a 2-D map at fractional (row, col) inside it (pure)."""
+    a = np.asarray(arr, dtype=np.float64)
+    h, w = a.shape
+    r = np.clip(rows, 0, h - 1)
+    c = np.clip(cols, 0, w - 1)
+    r0 = np.minimum(np.floor(r).astype(int), h - 2) if h > 1 else np.zeros(len(r), int)
+    c0 = np.minimum(np.floor(c).astype(int), w - 2) if w > 1 else np.zeros(len(c), int)
+    fr, fc = r - r0, c - c0
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    top = a[r0, c0] * (1 - fc) + a[r0, c1] * fc
+    bottom = a[r1, c0] * (1 - fc) + a[r1, c1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+# ------------------------------------------------------------------ alignment
+
+
+@dataclass
+class Alignment:
+    """A fit of one refined map to its SfM points and how well the points agree."""
+
+    space: str
+    scale: float
+    offset: float
+    points: int
+    median_rel_error: float
+    mean_rel_error: float
+    p90_rel_error: float
+    inlier_fraction: float
+
+
+def fit_alignment(src: np.ndarray, z: np.ndarray, space: Space) -> Alignment:
+    """Robust scale/shift of map samples ``src`` to SfM depths ``z`` (pure).
+
+    ``space="inverse"``: ``1/z ~ scale * src + offset``; ``"depth"``: ``z ~ scale * src +
+    offset``. Relative errors are of the implied depth at the points; inliers are those
+    within 10 %.
+    """
+    import torch
+
+    from sddr_pipeline.inference.alignment import align_robust
+
+    if space not in ("inverse", "depth"):
+        raise ValueError(f"space must be 'inverse' or 'depth', got {space!r}")
+    s = np.asarray(src, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    target = 1.0 / z if space == "inverse" else z
+    a, b = align_robust(torch.from_numpy(s), torch.from_numpy(target))
+    pred = apply_alignment(s, a, b, space)
+    rel = np.where(pred > 0, np.abs(pred - z) / z, np.inf)
+    finite = np.where(np.isfinite(rel), rel, 10.0)
+    return Alignment(
+        space=space, scale=float(a), offset=float(b), points=int(len(z)),
+        median_rel_error=float(np.median(finite)), mean_rel_error=float(np.mean(finite)),
+        p90_rel_error=float(np.percentile(finite, 90)), inlier_fraction=float(np.mean(rel < 0.1)),
+    )
+
+
+def apply_alignment(src: np.ndarray, scale: float, offset: float, space: str, max_depth: float | None = None) -> np.ndarray:
+    """Depth from a map and its fit; pixels with no positive depth (or beyond
+    ``max_depth``) are 0 (pure)."""
+    v = scale * np.asarray(src, dtype=np.float64) + offset
+    if space == "inverse":
+        with np.errstate(divide="ignore"):
+            d = np.where(v > 0, 1.0 / np.where(v > 0, v, 1.0), 0.0)
+    else:
+        d = np.where(v > 0, v, 0.0)
+    if max_depth is not None:
+        d = np.where(d <= max_depth, d, 0.0)
+    return d
+
+
+def flag_scale_outliers(
+    scales: dict[str, float], rule: Literal["ratio", "mad"] = "ratio",
+    bounds: tuple[float, float] = (0.2, 5.0), mad_k: float = 3.5,
+) -> tuple[dict[str, str], float]:
+    """Images whose scale is an outlier across the set (pure): ``{name: reason}`` and the
+    median scale. ``ratio``: outside ``bounds`` times the median; ``mad``: more than
+    ``mad_k`` scaled MADs (1.4826 MAD) from the median of log-scales."""
+    positive = {k: v for k, v in scales.items() if v > 0 and math.isfinite(v)}
+    if not positive:
+        return {}, 0.0
+    vals = np.array(list(positive.values()))
+    med = float(np.median(vals))
+    flagged = {}
+    if rule == "ratio":
+        lo, hi = bounds
+        for k, v in positive.items():
+            if not lo * med <= v <= hi * med:
+                flagged[k] = f"scale_outlier: {v:.4g} is {v / med:.3g}x the median scale {med:.4g} (allowed {lo:g}-{hi:g}x)"
+    elif rule == "mad":
+        logs = np.log(vals)
+        centre = float(np.median(logs))
+        spread = 1.4826 * float(np.median(np.abs(logs - centre)))
+        spread = max(spread, 0.05)  # identical scales must not make every tiny deviation an outlier
+        for k, v in positive.items():
+            dev = abs(math.log(v) - centre) / spread
+            if dev > mad_k:
+                flagged[k] = f"scale_outlier: log-scale {dev:.1f} MADs from the median (limit {mad_k:g})"
+    else:
+        raise ValueError(f"outlier rule must be 'ratio' or 'mad', got {rule!r}")
+    return flagged, med
+
+
+# -------------------------------------------------------------------- running
+
+
+@dataclass
+class ColmapView:
+    """What a ``context_fn`` gets for one registered image (after undistortion)."""
+
+    name: str
+    image: np.ndarray
+    intrinsics: Intrinsics
+    cam_from_world: np.ndarray
+    camera: Any
+
+
+@dataclass
+class ColmapReport:
+    output: Path
+    included: list[str] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+    undistorted: bool = False
+    median_scale: float = 0.0
+    fused_points: int = 0
+    seconds: float = 0.0
+
+
+def _check_output(workspace: Path, output: Path) -> None:
+    ws, out = workspace.resolve(), output.resolve()
+    if out == ws:
+        raise ColmapError(f"output {output} is the workspace itself; choose a new folder")
+    for protected in ("images", "sparse", "stereo", "dense", "database.db"):
+        p = (ws / protected).resolve()
+        if out == p or p in out.parents:
+            raise ColmapError(f"output {output} lies inside COLMAP's {protected} in {workspace}; choose a new folder")
+    if out in ws.parents:
+        raise ColmapError(f"output {output} contains the workspace; choose a new folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ColmapError(f"output {output} already exists and is not empty; choose a new folder")
+
+
+def _stem(name: str) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts:
+        raise ColmapError(f"refusing image name {name!r}: it would escape the output folder")
+    return str(p.with_suffix(""))
+
+
+def _link_images(src: Path, dst: Path, names: Sequence[str]) -> str:
+    """Expose the original images under OUTPUT/images: symbolic links, else copies."""
+    how = "symlink"
+    for n in names:
+        target = dst / n
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink((src / n).resolve(), target)
+        except OSError:
+            shutil.copy2(src / n, target)
+            how = "copy"
+    return how
+
+
+def _prepare_model(workspace: Path, output: Path, image_dir: Path, pycolmap: Any) -> tuple[Any, Path, bool]:
+    """Read sparse/0, undistort into OUTPUT when needed, and write OUTPUT/sparse/0.
+    Returns (reconstruction, folder of the images to refine, undistorted?)."""
+    sparse = workspace / "sparse" / "0"
+    if not (sparse / "cameras.bin").is_file() and not (sparse / "cameras.txt").is_file():
+        raise ColmapError(f"{workspace}: no COLMAP model in sparse/0 (cameras/images/points3D .bin or .txt)")
+    if not image_dir.is_dir():
+        raise ColmapError(f"{workspace}: no images/ folder")
+    rec = pycolmap.Reconstruction(str(sparse))
+    distorted = sorted({c.model.name for c in rec.cameras.values() if c.model.name not in PINHOLE_MODELS})
+    out_sparse = output / "sparse" / "0"
+    if distorted:
+        tmp = output / ".undistort"
+        pycolmap.undistort_images(str(tmp), str(sparse), str(image_dir))
+        shutil.move(str(tmp / "images"), str(output / "images"))
+        rec = pycolmap.Reconstruction(str(tmp / "sparse"))
+        shutil.rmtree(tmp)
+        out_sparse.mkdir(parents=True, exist_ok=True)
+        rec.write(str(out_sparse))
+        return rec, output / "images", True
+    out_sparse.mkdir(parents=True, exist_ok=True)
+    rec.write(str(out_sparse))
+    return rec, image_dir, False
+
+
+def run_colmap(
+    workspace: str | Path,
+    predictor: Any,
+    refiner: Any,
+    output: str | Path | None = None,
+    *,
+    mode: str = "one-stage",
+    space: Space = "inverse",
+    min_track_length: int = 2,
+    max_reproj_error: float = 2.0,
+    min_points: int = 10,
+    max_median_error: float = 0.2,
+    outlier_rule: Literal["ratio", "mad"] = "ratio",
+    scale_bounds: tuple[float, float] = (0.2, 5.0),
+    mad_k: float = 3.5,
+    max_depth_factor: float = 10.0,
+    low_res: int | None = None,
+    high_res: int | None = None,
+    images_path: str | Path | None = None,
+    fused_stride: int = 2,
+    fused_voxel: float | None = None,
+    fused_min_confidence: float = 0.0,
+    context_fn: Callable[[ColmapView], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ColmapReport:
+    """Refine every registered image of a COLMAP workspace and scale it to the SfM points
+    (module docstring: filters, exclusion rules, OUTPUT layout).
+
+    ``max_depth_factor``: depths beyond this many times the image's farthest usable SfM
+    point are dropped (0). ``context_fn(view)`` may return a ``SampleContext`` for the
+    predictor (e.g. ground truth for ``simulated``), for the image AS REFINED (after
+    undistortion). Returns a :class:`ColmapReport`.
+    """
+    pycolmap = require_pycolmap()
+    from sddr_pipeline.confidence import confidence, save_confidence
+    from sddr_pipeline.data import read_image
+    from sddr_pipeline.geometry.pointcloud import depth_to_pointcloud, merge_clouds, voxel_downsample, write_ply
+    from sddr_pipeline.inference import refine
+    from sddr_pipeline.predictors.base import SampleContext
+
+    t0 = time.perf_counter()
+    say = progress or (lambda msg: None)
+    ws = Path(workspace)
+    out = Path(output) if output is not None else ws / "sddr"
+    _check_output(ws, out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec, image_dir, undistorted = _prepare_model(ws, out, Path(images_path) if images_path else ws / "images", pycolmap)
+    names_by_id = {iid: rec.images[iid].name for iid in rec.reg_image_ids()}
+    names = [names_by_id[i] for i in sorted(names_by_id, key=lambda i: names_by_id[i])]
+    if not names:
+        raise ColmapError(f"{ws}: the model has no registered images")
+    report = ColmapReport(out, undistorted=undistorted)
+    if not undistorted:
+        _link_images(image_dir, out / "images", names)
+    work = out / ".work"
+    records: dict[str, dict[str, Any]] = {}
+    for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
+        image, name = rec.images[iid], names_by_id[iid]
+        camera = rec.cameras[image.camera_id]
+        intr = intrinsics_from_colmap(camera)
+        rgb = read_image(image_dir / name)
+        if rgb.shape[:2] != (camera.height, camera.width):
+            raise ColmapError(
+                f"{image_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its COLMAP camera is "
+                f"{camera.width}x{camera.height} (EXIF rotation or a resized copy?)"
+            )
+        view = ColmapView(name, rgb, intr, image.cam_from_world().matrix(), camera)
+        context = context_fn(view) if context_fn is not None else SampleContext(name=name)
+        say(f"refining {name}")
+        result = refine(rgb, predictor, refiner, mode=mode, low_res=low_res, high_res=high_res,  # type: ignore[arg-type]
+                        context=context, edges=False)
+        src = _alignment_source(result, space)
+        obs = image_observations(image, camera, rec.points3D)
+        keep = usable_observations(obs, camera.height, camera.width, min_track_length, max_reproj_error)
+        rec_entry: dict[str, Any] = {"observations": int(len(obs.z)), "usable": int(keep.sum()), "status": "ok", "reasons": []}
+        if keep.sum() < min_points:
+            rec_entry["reasons"].append(f"too_few_points: {int(keep.sum())} usable observations (need {min_points})")
+        else:
+            fit = fit_alignment(sample_bilinear(src, obs.rows[keep], obs.cols[keep]), obs.z[keep], space)
+            rec_entry["alignment"] = asdict(fit)
+            rec_entry["max_depth"] = float(obs.z[keep].max() * max_depth_factor)
+            if not fit.scale > 0:
+                rec_entry["reasons"].append(f"non_positive_scale: {fit.scale:.4g}")
+            if fit.median_rel_error > max_median_error:
+                rec_entry["reasons"].append(
+                    f"poor_fit: median relative error {fit.median_rel_error:.3f} at the SfM points (limit {max_median_error:g})"
+                )
+        work.mkdir(exist_ok=True)
+        np.save(work / f"{iid}-src.npy", src.astype(np.float32))
+        np.save(work / f"{iid}-conf.npy", confidence(result))
+        records[name] = rec_entry
+    scales = {n: r["alignment"]["scale"] for n, r in records.items() if not r["reasons"]}
+    outliers, report.median_scale = flag_scale_outliers(scales, outlier_rule, scale_bounds, mad_k)
+    for n, reason in outliers.items():
+        records[n]["reasons"].append(reason)
+    depth_params: dict[str, dict[str, float]] = {}
+    clouds = []
+    for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
+        name = names_by_id[iid]
+        entry, stem = records[name], _stem(name)
+        src = np.load(work / f"{iid}-src.npy")
+        if entry["reasons"]:
+            entry["status"] = "excluded"
+            report.excluded[name] = "; ".join(entry["reasons"])
+            atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(np.zeros(src.shape, np.uint16)))
+            depth_params[stem] = {"scale": 0.0, "offset": 0.0}
+            continue
+        fit = entry["alignment"]
+        depth = apply_alignment(src, fit["scale"], fit["offset"], space, entry["max_depth"]).astype(np.float32)
+        write_colmap_depth(out / "stereo" / "depth_maps" / f"{name}.geometric.bin", depth)
+        png, scale, offset = encode_inverse_depth_png(depth)
+        atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(png))
+        depth_params[stem] = {"scale": scale, "offset": offset}
+        conf = np.load(work / f"{iid}-conf.npy")
+        save_confidence(out / "confidence" / f"{stem}.npy", conf)
+        image = rec.images[iid]
+        pose = np.eye(4)
+        pose[:3] = image.cam_from_world().matrix()
+        cloud = depth_to_pointcloud(
+            depth, intrinsics_from_colmap(rec.cameras[image.camera_id]), read_image(image_dir / name),
+            mask=conf >= fused_min_confidence, stride=fused_stride, camera_to_world=np.linalg.inv(pose),
+        )
+        clouds.append(cloud)
+        entry["valid_fraction"] = float((depth > 0).mean())
+        report.included.append(name)
+    shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(out / "sparse" / "0" / "depth_params.json", depth_params)
+    fused = merge_clouds(clouds)
+    if fused_voxel and len(fused):
+        fused = voxel_downsample(fused, fused_voxel)
+    if len(fused):
+        write_ply(out / "fused.ply", fused)
+    report.fused_points = len(fused)
+    report.seconds = time.perf_counter() - t0
+    atomic_write_json(out / "alignment.json", {
+        "workspace": str(ws.resolve()),
+        "settings": {
+            "mode": mode, "space": space, "min_track_length": min_track_length, "max_reproj_error": max_reproj_error,
+            "min_points": min_points, "max_median_error": max_median_error, "outlier_rule": outlier_rule,
+            "scale_bounds": list(scale_bounds), "mad_k": mad_k, "max_depth_factor": max_depth_factor,
+            "predictor": getattr(predictor, "name", type(predictor).__name__),
+            "refiner": getattr(refiner, "version", "unknown"),
+        },
+        "undistorted": undistorted,
+        "median_scale": report.median_scale,
+        "included": report.included,
+        "excluded": report.excluded,
+        "images": records,
+        "fused_points": report.fused_points,
+        "seconds": round(report.seconds, 2),
+    })
+    return report
+
+
+def _alignment_source(result: Any, space: Space) -> np.ndarray:
+    """The map the SfM fit is made on: the refined disparity-like map for ``inverse``; the
+    refined map in depth polarity for ``depth``."""
+    if space == "inverse":
+        return np.asarray(result.normalized, dtype=np.float64)
+    if space != "depth":
+        raise ValueError(f"space must be 'inverse' or 'depth', got {space!r}")
+    d = np.asarray(result.depth, dtype=np.float64)
+    if result.space == "depth":
+        return d
+    floor = max(float(np.nanmax(d)) * 1e-3, 1e-9)
+    return 1.0 / np.maximum(d, floor)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``sddr colmap WORKSPACE --predictor SPEC [--weights W] [--output DIR] ...``."""
+    p = subparsers.add_parser("colmap", help="SDDR depth for a COLMAP workspace, scaled to its SfM points (COLMAP/3DGS outputs)")
+    p.add_argument("workspace", type=Path, help="folder with images/ and sparse/0")
+    p.add_argument("--predictor", required=True, help="predictor spec (see `sddr refine`)")
+    p.add_argument("--weights", default="default", help="refiner weights folder or .safetensors (default: %(default)s)")
+    p.add_argument("--output", type=Path, default=None, help="new output folder (default: WORKSPACE/sddr)")
+    p.add_argument("--images", type=Path, default=None, help="image folder (default: WORKSPACE/images)")
+    p.add_argument("--mode", choices=("one-stage", "two-stage"), default="one-stage")
+    p.add_argument("--space", choices=("inverse", "depth"), default="inverse", help="alignment space (default: %(default)s)")
+    p.add_argument("--min-track-length", type=int, default=2)
+    p.add_argument("--max-reproj-error", type=float, default=2.0, help="px (default: %(default)s)")
+    p.add_argument("--min-points", type=int, default=10)
+    p.add_argument("--max-median-error", type=float, default=0.2, help="exclude maps whose median relative error at the SfM points exceeds this")
+    p.add_argument("--outlier-rule", choices=("ratio", "mad"), default="ratio", help="scale outliers: 0.2-5x the median (ratio) or a MAD rule")
+    p.add_argument("--low-res", type=int, default=None)
+    p.add_argument("--high-res", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--fused-voxel", type=float, default=None, help="voxel size for fused.ply (model units)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cli)
+    return p
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Entry point of ``sddr colmap``."""
+    from sddr_pipeline.cli.main import resolve_device
+    from sddr_pipeline.models import Refiner, RefinerWeightsError
+    from sddr_pipeline.predictors import PredictorError, get_predictor
+
+    try:
+        device = resolve_device(args.device)
+        refiner = Refiner.from_pretrained(args.weights, device=device)
+        predictor = get_predictor(args.predictor, device=device)
+        report = run_colmap(
+            args.workspace, predictor, refiner, args.output, mode=args.mode, space=args.space,
+            min_track_length=args.min_track_length, max_reproj_error=args.max_reproj_error, min_points=args.min_points,
+            max_median_error=args.max_median_error, outlier_rule=args.outlier_rule, low_res=args.low_res,
+            high_res=args.high_res, images_path=args.images, fused_voxel=args.fused_voxel,
+            progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
+        )
+    except (ColmapError, RefinerWeightsError, PredictorError, ImportError, FileNotFoundError, ValueError) as exc:
+        print(f"sddr colmap: {exc}", file=sys.stderr)
+        return 2
+    print(f"sddr colmap: {len(report.included)} maps written, {len(report.excluded)} excluded, "
+          f"{report.fused_points} fused points in {report.seconds:.1f} s -> {report.output}")
+    for name, reason in report.excluded.items():
+        print(f"  excluded {name}: {reason}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "Alignment",
+    "ColmapError",
+    "ColmapReport",
+    "ColmapView",
+    "Observations",
+    "add_arguments",
+    "apply_alignment",
+    "cli",
+    "encode_inverse_depth_png",
+    "fit_alignment",
+    "flag_scale_outliers",
+    "image_observations",
+    "read_colmap_depth",
+    "run_colmap",
+    "sample_bilinear",
+    "usable_observations",
+    "write_colmap_depth",
+]

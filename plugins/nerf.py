@@ -1,0 +1,349 @@
+"""Depth supervision files for NeRF / Gaussian-splatting trainers from refined depth.
+
+``export_nerf(TRANSFORMS_JSON, DEPTH_SOURCE, format=...)`` writes, for every frame of a
+``transforms.json`` whose image has a refined map, depth in the layout a trainer reads:
+
+* ``nerfstudio``: ``depth/<frame path>.png`` 16-bit, ``value * depth_unit_scale_factor``
+  = depth (default 1e-3: millimetres), per-frame ``depth_file_path``, and the top-level
+  ``depth_unit_scale_factor``, in a NEW ``transforms_depth.json`` beside the input
+  (``ns-train ... --data transforms_depth.json``);
+* ``instant-ngp``: the same 16-bit PNGs with per-frame ``depth_path`` and a top-level
+  ``integer_depth_scale`` (depth = value * integer_depth_scale; by default the largest
+  depth / 65535, the finest step that fits);
+* ``3dgs``: ``depths/<stem>.png`` 16-bit INVERSE depth as the 3DGS loader for
+  transforms.json scenes reads it (``1/depth = png / 512``), and ``depth_params.json``
+  ``{stem: {"scale": 128, "offset": 0}}`` (the COLMAP-loader form of the same code,
+  ``png / 2**16 * scale + offset``), in ``sparse/0/`` when the folder has a COLMAP model,
+  else beside the transforms file. Train with ``-d depths``.
+
+All depths are z-depths (along the optical axis) in the transforms' world units:
+``DEPTH_SOURCE`` is an ``sddr refine`` output folder with METRIC maps (relative maps are
+refused), an ``sddr colmap`` output folder (maps in the COLMAP model's units, as
+nerfstudio's COLMAP conversion keeps them), or a mapping ``{name: HxW depth}``. When the
+poses were rescaled (instant-ngp's ``colmap2nerf.py`` does), pass that factor as
+``depth_scale``. Maps are resized (nearest) to each frame's image size. 0 = no depth.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+from PIL import Image
+
+from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
+
+Format = Literal["nerfstudio", "instant-ngp", "3dgs"]
+FORMATS: tuple[str, ...] = ("nerfstudio", "instant-ngp", "3dgs")
+GS_BLENDER_DIVISOR = 512.0
+"""3DGS reads a transforms.json scene's depth image as ``1/depth = png / 512``."""
+
+
+class NerfExportError(ValueError):
+    """The transforms file or the depth source cannot be used; the message says why."""
+
+
+@dataclass
+class NerfExportReport:
+    format: str
+    transforms: Path
+    written: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    out_of_range_pixels: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ depth sources
+
+
+def _key_variants(path: str) -> list[str]:
+    """Lookup keys for a frame's ``file_path``: the path without ``./`` and extension,
+    then ever shorter suffixes down to the bare stem."""
+    p = PurePosixPath(str(path).replace("\\", "/"))
+    parts = [q for q in p.with_suffix("").parts if q not in (".", "")]
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+def _strip_ext(name: str) -> str:
+    return str(PurePosixPath(name).with_suffix(""))
+
+
+class DepthSource:
+    """Depth maps by name, read lazily: ``get(frame_path) -> HxW float32 or None``."""
+
+    def __init__(self, loaders: dict[str, Any], origin: str) -> None:
+        self._loaders = loaders
+        self.origin = origin
+
+    def names(self) -> list[str]:
+        return sorted(self._loaders)
+
+    def get(self, frame_path: str) -> tuple[str, np.ndarray] | None:
+        for key in _key_variants(frame_path):
+            if key in self._loaders:
+                value = self._loaders[key]
+                return key, np.asarray(value() if callable(value) else value, dtype=np.float32)
+        return None
+
+
+def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSource:
+    """A :class:`DepthSource` from an ``sddr refine`` output, an ``sddr colmap`` output or
+    a mapping ``{name: depth}`` (names with or without extension)."""
+    if isinstance(source, Mapping):
+        return DepthSource({_strip_ext(k): v for k, v in source.items()}, "mapping")
+    root = Path(source)
+    if (root / "manifest.json").is_file():
+        from sddr_pipeline.geometry.pointcloud import metric_depth
+        from sddr_pipeline.io import load_depth
+
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        done = [n for n, e in manifest.get("images", {}).items() if e.get("status") == "done"]
+        relative = [n for n in done if not manifest["images"][n].get("metric")]
+        if relative:
+            from sddr_pipeline.geometry.pointcloud import RelativeDepthError
+
+            raise RelativeDepthError(
+                f"{root}: {len(relative)} map(s) are relative (e.g. {relative[0]!r}); NeRF/3DGS depth must be in the "
+                "scene's units: use `sddr colmap` (scales maps to the SfM points) or a metric/scale-referenced refine"
+            )
+
+        def load(n: str) -> Callable[[], np.ndarray]:
+            def read() -> np.ndarray:
+                dm = load_depth(root, n)
+                return metric_depth(dm.depth, dm.space, dm.metric, f"{root}/{n}")
+
+            return read
+
+        return DepthSource({n: load(n) for n in done}, "sddr-refine")
+    if (root / "alignment.json").is_file() and (root / "stereo" / "depth_maps").is_dir():
+        from sddr_pipeline.plugins.colmap import read_colmap_depth
+
+        included = json.loads((root / "alignment.json").read_text(encoding="utf-8")).get("included", [])
+        maps = root / "stereo" / "depth_maps"
+        return DepthSource({_strip_ext(n): (lambda p=maps / f"{n}.geometric.bin": read_colmap_depth(p)) for n in included}, "sddr-colmap")
+    raise NerfExportError(f"{root}: not an `sddr refine` output (manifest.json) nor an `sddr colmap` output (alignment.json)")
+
+
+# ------------------------------------------------------------------- encoding
+
+
+def encode_linear_png16(depth: np.ndarray, unit: float) -> tuple[np.ndarray, int]:
+    """uint16 ``round(depth / unit)``; invalid or out-of-range pixels become 0. Returns
+    (codes, number of valid pixels that did not fit)."""
+    d = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    code = np.zeros(d.shape, np.float64)
+    code[valid] = np.rint(d[valid] / unit)
+    over = valid & ((code > 65535) | (code < 1))
+    code[over | ~valid] = 0
+    return code.astype(np.uint16), int(over.sum())
+
+
+def encode_gs_blender_png16(depth: np.ndarray) -> tuple[np.ndarray, int]:
+    """uint16 ``round(512 / depth)`` (3DGS's transforms.json convention); invalid
+    pixels 0; inverse depths beyond the code range are clipped and counted."""
+    d = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    code = np.zeros(d.shape, np.float64)
+    code[valid] = np.rint(GS_BLENDER_DIVISOR / d[valid])
+    over = valid & (code > 65535)
+    return np.clip(code, 0, 65535).astype(np.uint16), int(over.sum())
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _resize_nearest(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    if depth.shape == (height, width):
+        return depth
+    return np.asarray(Image.fromarray(depth.astype(np.float32), mode="F").resize((width, height), Image.NEAREST))
+
+
+def _frame_size(base: Path, transforms: dict, frame: dict) -> tuple[int, int] | None:
+    """(height, width) of a frame's image: the file's header, else the JSON's h/w."""
+    path = frame.get("file_path")
+    if path:
+        candidates = [base / path] + [base / f"{path}{ext}" for ext in (".png", ".jpg", ".jpeg")]
+        for c in candidates:
+            if c.is_file():
+                with Image.open(c) as im:
+                    return im.height, im.width
+    h, w = frame.get("h", transforms.get("h")), frame.get("w", transforms.get("w"))
+    return (int(h), int(w)) if h and w else None
+
+
+# --------------------------------------------------------------------- export
+
+
+def export_nerf(
+    transforms_json: str | Path,
+    depth_source: str | Path | Mapping[str, np.ndarray],
+    format: Format = "nerfstudio",
+    output: str | Path | None = None,
+    *,
+    depth_scale: float = 1.0,
+    depth_unit: float | None = None,
+    require_all: bool = False,
+) -> NerfExportReport:
+    """Write depth files and (nerfstudio / instant-ngp) a new transforms JSON; see the
+    module docstring for each format.
+
+    ``output``: the new transforms file (default ``transforms_depth.json`` beside the
+    input; never the input itself); depth files go beside it. ``depth_unit``: nerfstudio's
+    ``depth_unit_scale_factor`` (default 1e-3) or instant-ngp's ``integer_depth_scale``
+    (default: largest depth / 65535). ``require_all``: fail when a frame has no map
+    (otherwise such frames are listed in ``report.missing`` and get no depth key).
+    """
+    if format not in FORMATS:
+        raise NerfExportError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    if not depth_scale > 0:
+        raise NerfExportError(f"depth_scale must be positive, got {depth_scale}")
+    tpath = Path(transforms_json)
+    try:
+        transforms = json.loads(tpath.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise NerfExportError(f"cannot read {tpath}: {exc}") from None
+    frames = transforms.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise NerfExportError(f"{tpath}: no 'frames' list")
+    base = tpath.parent
+    out_json = Path(output) if output is not None else base / "transforms_depth.json"
+    if out_json.resolve() == tpath.resolve():
+        raise NerfExportError(f"refusing to overwrite the input {tpath}; choose another output file")
+    out_base = out_json.parent
+    source = open_depth_source(depth_source)
+
+    maps: list[tuple[dict, str, np.ndarray] | None] = []
+    report = NerfExportReport(format, out_json)
+    for frame in frames:
+        fp = frame.get("file_path")
+        if not fp:
+            raise NerfExportError(f"{tpath}: a frame has no file_path")
+        found = source.get(fp)
+        if found is None:
+            if require_all:
+                raise NerfExportError(f"no depth map for frame {fp!r} in {source.origin} (known: {', '.join(source.names()[:8])})")
+            report.missing.append(fp)
+            maps.append(None)
+            continue
+        key, depth = found
+        size = _frame_size(base, transforms, frame)
+        if size is not None:
+            depth = _resize_nearest(depth, *size)
+        maps.append((frame, key, depth * depth_scale))
+
+    if format == "3dgs":
+        return _export_3dgs(maps, base, report)
+    unit = depth_unit
+    if unit is None:
+        if format == "nerfstudio":
+            unit = 1e-3
+        else:
+            peaks = [float(d[np.isfinite(d)].max()) for _, _, d in filter(None, maps) if np.isfinite(d).any()]
+            unit = (max(peaks) if peaks and max(peaks) > 0 else 1.0) / 65535.0
+    if not unit > 0:
+        raise NerfExportError(f"depth unit must be positive, got {unit}")
+    new = json.loads(json.dumps(transforms))
+    key_name = "depth_file_path" if format == "nerfstudio" else "depth_path"
+    for frame_out, item in zip(new["frames"], maps):
+        if item is None:
+            continue
+        _, key, depth = item
+        code, over = encode_linear_png16(depth, unit)
+        report.out_of_range_pixels += over
+        rel = f"depth/{key}.png"
+        atomic_write_bytes(out_base / rel, _png(code))
+        frame_out[key_name] = rel
+        report.written[frame_out["file_path"]] = rel
+    if format == "nerfstudio":
+        new["depth_unit_scale_factor"] = unit
+    else:
+        new["integer_depth_scale"] = unit
+    atomic_write_json(out_json, new)
+    report.extra["depth_unit"] = unit
+    return report
+
+
+def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExportReport:
+    params: dict[str, dict[str, float]] = {}
+    worst = 0.0
+    for item in maps:
+        if item is None:
+            continue
+        frame, _, depth = item
+        stem = PurePosixPath(frame["file_path"]).stem
+        if stem in params:
+            raise NerfExportError(
+                f"two frames share the image stem {stem!r}; 3DGS looks depth up by stem (depths/<stem>.png), "
+                "so export each transforms file into its own folder"
+            )
+        code, over = encode_gs_blender_png16(depth)
+        report.out_of_range_pixels += over
+        ok = code > 0
+        if ok.any():
+            back = GS_BLENDER_DIVISOR / code[ok]
+            worst = max(worst, float(np.max(np.abs(back - depth[ok]) / depth[ok])))
+        rel = f"depths/{stem}.png"
+        atomic_write_bytes(base / rel, _png(code))
+        params[stem] = {"scale": 65536.0 / GS_BLENDER_DIVISOR, "offset": 0.0}
+        report.written[frame["file_path"]] = rel
+    sparse = base / "sparse" / "0"
+    target = sparse / "depth_params.json" if sparse.is_dir() else base / "depth_params.json"
+    atomic_write_json(target, params)
+    report.transforms = target
+    report.extra["depth_params"] = str(target)
+    report.extra["max_quantisation_rel_error"] = worst
+    return report
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``sddr nerf TRANSFORMS_JSON DEPTH_SOURCE --format F [--output FILE] ...``."""
+    p = subparsers.add_parser("nerf", help="write depth supervision for nerfstudio, instant-ngp or 3DGS from refined depth")
+    p.add_argument("transforms", type=Path, help="transforms.json (nerfstudio / instant-ngp / NeRF-synthetic)")
+    p.add_argument("depth", type=Path, help="`sddr refine` output with metric maps, or `sddr colmap` output")
+    p.add_argument("--format", choices=FORMATS, default="nerfstudio")
+    p.add_argument("--output", type=Path, default=None, help="new transforms file (default: transforms_depth.json beside the input)")
+    p.add_argument("--depth-scale", type=float, default=1.0, help="multiply depths by this (the poses' rescale factor)")
+    p.add_argument("--depth-unit", type=float, default=None, help="nerfstudio depth_unit_scale_factor / instant-ngp integer_depth_scale")
+    p.add_argument("--require-all", action="store_true", help="fail when a frame has no depth map")
+    p.set_defaults(func=cli)
+    return p
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Entry point of ``sddr nerf``."""
+    try:
+        report = export_nerf(args.transforms, args.depth, args.format, args.output, depth_scale=args.depth_scale,
+                             depth_unit=args.depth_unit, require_all=args.require_all)
+    except (NerfExportError, ValueError, FileNotFoundError) as exc:
+        print(f"sddr nerf: {exc}", file=sys.stderr)
+        return 2
+    print(f"sddr nerf: {len(report.written)} depth maps ({report.format}) -> {report.transforms}"
+          + (f"; {len(report.missing)} frames without depth" if report.missing else "")
+          + (f"; {report.out_of_range_pixels} pixels out of the 16-bit range" if report.out_of_range_pixels else ""))
+    return 0
+
+
+__all__ = [
+    "FORMATS",
+    "DepthSource",
+    "NerfExportError",
+    "NerfExportReport",
+    "add_arguments",
+    "cli",
+    "encode_gs_blender_png16",
+    "encode_linear_png16",
+    "export_nerf",
+    "open_depth_source",
+]

@@ -1,0 +1,190 @@
+"""Reading and writing shards on any fsspec filesystem, atomically and with retries.
+
+URIs are local paths, ``file://``, ``s3://`` (s3fs), ``gs://`` (gcsfs) or anything else
+fsspec knows; ``storage_options`` go to the filesystem (e.g. ``{"client_kwargs":
+{"endpoint_url": ...}}`` for an S3-compatible server). Nothing here imports Ray: shards
+are plain Parquet files that pyarrow or pandas read directly.
+
+Publishing is atomic: on object stores (S3, GCS, Azure) a file is one whole-object PUT,
+which appears complete or not at all; elsewhere it is written to a ``.tmp-`` name in the
+same folder (never ending in ``.parquet``) and renamed. Transient storage errors
+(connection resets, timeouts, throttling surfaced as ``OSError``) are retried with
+exponential backoff; missing files and permission errors are not.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+import uuid
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+
+from .schema import DICTIONARY_COLUMNS, parse_file_metadata
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".partial"
+OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+#: Errors that say the request itself is wrong; retrying cannot help.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+)
+
+
+class StorageError(OSError):
+    """A storage operation still failed after its retries."""
+
+
+def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """``(filesystem, path)`` for a URI; the path is what that filesystem's methods take."""
+    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
+    return fs, path.rstrip("/") or path
+
+
+def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def is_object_store(fs: AbstractFileSystem) -> bool:
+    """True for stores where one PUT publishes a whole object (no rename needed)."""
+    return any(p in OBJECT_STORE_PROTOCOLS for p in protocols(fs))
+
+
+def join(path: str, *parts: str) -> str:
+    """``path/part/...`` with forward slashes (fsspec paths are POSIX-like everywhere)."""
+    out = path.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def unstrip(fs: AbstractFileSystem, path: str) -> str:
+    """A full URI for a filesystem path (``s3://bucket/key``; local paths stay paths)."""
+    if "file" in protocols(fs) or "local" in protocols(fs):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.2,
+          max_delay: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call ``fn`` until it succeeds, retrying transient ``OSError``s (and ``TimeoutError``)
+    up to ``attempts`` times in all, with exponential backoff and jitter. Raises
+    :class:`StorageError` naming ``what`` when the attempts are used up."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except PERMANENT_ERRORS:
+            raise
+        except (OSError, TimeoutError) as exc:
+            if attempt == attempts:
+                raise StorageError(f"{what} failed after {attempts} attempts: {type(exc).__name__}: {exc}") from exc
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc,
+                        attempt, attempts - 1, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def temporary_name(final_name: str) -> str:
+    """The name a file is written under before it is published (hidden, not ``*.parquet``)."""
+    return f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{final_name}{TMP_SUFFIX}"
+
+
+def publish_bytes(fs: AbstractFileSystem, path: str, data: bytes, *, attempts: int = 5) -> None:
+    """Make ``data`` appear at ``path`` whole, replacing any previous file (see module doc)."""
+    parent = path.rsplit("/", 1)[0]
+    if is_object_store(fs):
+        retry(lambda: fs.pipe_file(path, data), what=f"writing {unstrip(fs, path)}", attempts=attempts)
+        return
+    tmp = join(parent, temporary_name(path.rsplit("/", 1)[-1]))
+
+    def write_then_rename() -> None:
+        fs.makedirs(parent, exist_ok=True)
+        try:
+            with fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            fs.mv(tmp, path)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+            raise
+
+    retry(write_then_rename, what=f"writing {unstrip(fs, path)}", attempts=attempts)
+
+
+def table_bytes(table: pa.Table, *, metadata: Mapping[bytes, bytes] | None = None,
+                row_group_size: int = 64) -> bytes:
+    """A Parquet file of ``table`` in memory: zstd, dictionaries for the short string
+    columns only (binary arrays do not repeat), ``metadata`` merged into the file's."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    dictionary = [c for c in table.column_names if c in DICTIONARY_COLUMNS]
+    pq.write_table(table, buf, compression="zstd", use_dictionary=dictionary,
+                   row_group_size=max(1, row_group_size))
+    return buf.getvalue()
+
+
+def write_table(fs: AbstractFileSystem, path: str, table: pa.Table, *,
+                metadata: Mapping[bytes, bytes] | None = None, attempts: int = 5) -> int:
+    """Publish ``table`` as one Parquet file at ``path``; returns its size in bytes."""
+    data = table_bytes(table, metadata=metadata)
+    publish_bytes(fs, path, data, attempts=attempts)
+    return len(data)
+
+
+def read_bytes(fs: AbstractFileSystem, path: str, *, attempts: int = 5) -> bytes:
+    """A whole file's bytes, with retries on transient errors."""
+    return retry(lambda: fs.cat_file(path), what=f"reading {unstrip(fs, path)}", attempts=attempts)
+
+
+def remove_temporaries(fs: AbstractFileSystem, folder: str) -> int:
+    """Delete ``.tmp-*`` leftovers of interrupted writes directly under ``folder``."""
+    if not fs.exists(folder):
+        return 0
+    names = [p for p in fs.ls(folder, detail=False) if p.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX)]
+    for p in names:
+        fs.rm(p)
+    return len(names)
+
+
+def parquet_files(fs: AbstractFileSystem, folder: str) -> list[str]:
+    """Published ``*.parquet`` files directly under ``folder``, sorted (hidden files skipped)."""
+    if not fs.exists(folder):
+        return []
+    out = []
+    for p in fs.ls(folder, detail=False):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith(".parquet") and not name.startswith((".", "_")):
+            out.append(p)
+    return sorted(out)
+
+
+def read_parquet(fs: AbstractFileSystem, paths: Sequence[str], *, columns: Iterable[str] | None = None,
+                 schema: pa.Schema | None = None) -> pa.Table:
+    """Concatenate Parquet files into one table (``schema`` for an empty list)."""
+    cols = list(columns) if columns is not None else None
+    tables = [pq.read_table(p, filesystem=fs, columns=cols) for p in paths]
+    if not tables:
+        if schema is None:
+            raise ValueError("no Parquet files to read and no schema given")
+        return schema.empty_table().select(cols) if cols else schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_metadata(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``sddr.*`` file metadata of one shard (format, kind, shard, versions, config)."""
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as fh:
+        return parse_file_metadata(pq.read_metadata(fh).metadata)

@@ -1,0 +1,236 @@
+"""The Parquet shard format for refined depth and for training pseudo-labels.
+
+One row per input image. Arrays are stored as the bytes of a ``.npy`` file (numpy's
+format: dtype, shape and order in a small header, then the raw values), so every value
+round-trips exactly (float32 stays float32; NaN and inf survive) and any reader that can
+parse ``.npy`` headers decodes them; Arrow tensor extension types are avoided because
+other readers see them as flat lists.
+
+Columns of a ``depth`` shard (``KIND_DEPTH``):
+
+==================  ==============  =====================================================
+column              type            meaning
+==================  ==============  =====================================================
+id                  string          stable id: the input's relative path without extension,
+                                    or the id given in a list file; unique in a run
+source              string          where the image came from (URI or path)
+width, height       int32           the image's size (EXIF orientation applied)
+image               binary, null    the input file's bytes, when the run kept images
+depth               binary          refined map: ``.npy`` bytes, float32 HxW, image size
+depth_encoding      string          ``"npy"``
+depth_dtype         string          ``"float32"`` (checked by :func:`decode_depth`)
+depth_shape         list<int32>     ``[height, width]`` (checked by :func:`decode_depth`)
+scale, shift        float64         least-squares alignment of the refined, normalised map
+                                    to the predictor's units (``depth = scale * n + shift``
+                                    in the disparity-like space before restoring ``space``)
+scale_source        string          ``predictor``, ``metric-predictor``, ``reference`` or
+                                    ``normalized`` (training shards)
+space               string          ``depth`` or ``disparity``
+metric              bool            metres (or 1/metres) when true, else relative units
+confidence          binary, null    reserved for a per-pixel confidence map (``.npy``
+                                    float32 HxW in [0, 1]); null until the refiner makes one
+low, high           binary, null    raw predictor outputs (``.npy`` float32) at their
+                                    working resolutions, when the run saved them
+predictor           string          predictor name/version that made the row
+refiner             string          refiner version (``<preset>@<sha256[:12]>``)
+seconds             float32         time spent on the row (decode, predict, refine, encode)
+==================  ==============  =====================================================
+
+A ``training`` shard (``KIND_TRAINING``, self-distillation pseudo-labels) has the same
+columns, with ``depth`` the coarse-to-fine refined map in the refiner's normalised
+disparity-like space (``space="disparity"``, ``metric=false``, ``scale=1``, ``shift=0``,
+``scale_source="normalized"``), ``image``, ``low`` and ``high`` always present, plus:
+
+==================  ==============  =====================================================
+gs                  binary          G_S, the edge map of the refined map (``.npy`` float32 HxW)
+regions             binary          high-frequency regions as a label map (``.npy`` uint8
+                                    HxW: 0 = none, k+1 = region k); :func:`decode_regions`
+                                    gives the bool KxHxW masks
+regions_count       int32           K, the number of regions (trailing ones may be empty)
+==================  ==============  =====================================================
+
+Failed rows live in separate error shards (``ERROR_SCHEMA``): ``id``, ``source``,
+``stage`` (``read``: fetching the bytes, ``decode``: not a usable image, ``predict``: the
+predictor failed, ``refine``: refinement or encoding failed), ``reason``.
+
+File metadata (Parquet key/value metadata, readable with
+``pyarrow.parquet.read_metadata(path).metadata``): ``sddr.format`` (``FORMAT``),
+``sddr.kind``, ``sddr.shard`` (index), ``sddr.predictor`` and ``sddr.refiner`` (versions
+of the models that made the rows), ``sddr.config`` (the run's settings, JSON) and
+``sddr.package_version``. Columns may be added in later versions of the format; readers
+should select the columns they use.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT = "sddr-shards/1"
+KIND_DEPTH = "depth"
+KIND_TRAINING = "training"
+KINDS: tuple[str, ...] = (KIND_DEPTH, KIND_TRAINING)
+ERROR_STAGES: tuple[str, ...] = ("read", "decode", "predict", "refine")
+METADATA_PREFIX = "sddr."
+
+_DEPTH_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source", pa.string()),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("image", pa.binary()),
+    pa.field("depth", pa.binary(), nullable=False),
+    pa.field("depth_encoding", pa.string(), nullable=False),
+    pa.field("depth_dtype", pa.string(), nullable=False),
+    pa.field("depth_shape", pa.list_(pa.int32()), nullable=False),
+    pa.field("scale", pa.float64(), nullable=False),
+    pa.field("shift", pa.float64(), nullable=False),
+    pa.field("scale_source", pa.string(), nullable=False),
+    pa.field("space", pa.string(), nullable=False),
+    pa.field("metric", pa.bool_(), nullable=False),
+    pa.field("confidence", pa.binary()),
+    pa.field("low", pa.binary()),
+    pa.field("high", pa.binary()),
+    pa.field("predictor", pa.string()),
+    pa.field("refiner", pa.string()),
+    pa.field("seconds", pa.float32()),
+]
+_TRAINING_FIELDS: list[pa.Field] = [
+    pa.field("gs", pa.binary(), nullable=False),
+    pa.field("regions", pa.binary(), nullable=False),
+    pa.field("regions_count", pa.int32(), nullable=False),
+]
+
+DEPTH_SCHEMA = pa.schema(_DEPTH_FIELDS)
+TRAINING_SCHEMA = pa.schema(_DEPTH_FIELDS + _TRAINING_FIELDS)
+ERROR_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+])
+#: Extra columns a stage returns with every row so the driver can split failures off.
+STATUS_FIELDS: list[pa.Field] = [pa.field("error_stage", pa.string()), pa.field("error_reason", pa.string())]
+#: String columns worth dictionary-encoding in Parquet (binary columns are not).
+DICTIONARY_COLUMNS: tuple[str, ...] = (
+    "depth_encoding", "depth_dtype", "scale_source", "space", "predictor", "refiner", "stage",
+)
+
+
+class ShardFormatError(ValueError):
+    """A row or a file does not follow the shard format (wrong dtype, shape, metadata)."""
+
+
+def schema_for(kind: str) -> pa.Schema:
+    """The Arrow schema of a ``depth`` or ``training`` shard."""
+    if kind == KIND_DEPTH:
+        return DEPTH_SCHEMA
+    if kind == KIND_TRAINING:
+        return TRAINING_SCHEMA
+    raise ShardFormatError(f"unknown shard kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def result_schema(kind: str) -> pa.Schema:
+    """What a pipeline stage returns: the shard columns, nullable, plus the status columns
+    (a failed row has only ``id``, ``source`` and the status set)."""
+    fields = [f.with_nullable(True) for f in schema_for(kind)]
+    return pa.schema(fields + STATUS_FIELDS)
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of an array (exact: dtype, shape and every value kept; no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_array(data: bytes | None) -> np.ndarray | None:
+    """Inverse of :func:`encode_array`; ``None`` (a null cell) stays ``None``."""
+    if data is None:
+        return None
+    try:
+        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShardFormatError(f"not a .npy array ({exc})") from exc
+
+
+def _get(row: Mapping[str, Any] | Any, key: str) -> Any:
+    try:
+        return row[key]
+    except (KeyError, IndexError) as exc:
+        raise ShardFormatError(f"row has no {key!r} column") from exc
+
+
+def decode_depth(row: Mapping[str, Any] | Any) -> np.ndarray:
+    """The refined map of one shard row (a dict from ``Table.to_pylist()``, a pandas row,
+    or anything indexable by column name) as float32 HxW, checked against the row's
+    ``depth_encoding``, ``depth_dtype`` and ``depth_shape``."""
+    encoding = _get(row, "depth_encoding")
+    if encoding != "npy":
+        raise ShardFormatError(f"row {_get(row, 'id')!r}: unsupported depth_encoding {encoding!r}")
+    array = decode_array(_get(row, "depth"))
+    if array is None:
+        raise ShardFormatError(f"row {_get(row, 'id')!r} has no depth")
+    dtype, shape = str(_get(row, "depth_dtype")), tuple(int(v) for v in _get(row, "depth_shape"))
+    if str(array.dtype) != dtype or array.shape != shape:
+        raise ShardFormatError(
+            f"row {_get(row, 'id')!r}: depth is {array.dtype} {array.shape} but the row says {dtype} {shape}"
+        )
+    return array
+
+
+def encode_regions(masks: np.ndarray) -> tuple[bytes, int]:
+    """Disjoint bool KxHxW masks (K <= 255) -> (``.npy`` bytes of a uint8 label map, K)."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ShardFormatError(f"regions must be KxHxW, got shape {masks.shape}")
+    k = masks.shape[0]
+    if k > 255:
+        raise ShardFormatError(f"at most 255 regions fit a uint8 label map, got {k}")
+    if k and int(masks.sum(axis=0).max()) > 1:
+        raise ShardFormatError("regions overlap; only disjoint masks can be stored as a label map")
+    labels = np.zeros(masks.shape[1:], np.uint8)
+    for i in range(k):
+        labels[masks[i]] = i + 1
+    return encode_array(labels), k
+
+
+def decode_regions(row: Mapping[str, Any] | Any) -> np.ndarray:
+    """The bool KxHxW region masks of a training row."""
+    labels = decode_array(_get(row, "regions"))
+    if labels is None or labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ShardFormatError(f"row {_get(row, 'id')!r}: regions must be a uint8 HxW label map")
+    k = int(_get(row, "regions_count"))
+    return labels[None] == np.arange(1, k + 1, dtype=np.uint8)[:, None, None]
+
+
+def file_metadata(kind: str, *, shard: int, predictor: str, refiner: str, config: Mapping[str, Any],
+                  package_version: str) -> dict[bytes, bytes]:
+    """The Parquet key/value metadata of one shard file."""
+    schema_for(kind)
+    values = {
+        "format": FORMAT,
+        "kind": kind,
+        "shard": str(shard),
+        "predictor": predictor,
+        "refiner": refiner,
+        "config": json.dumps(dict(config), sort_keys=True),
+        "package_version": package_version,
+    }
+    return {f"{METADATA_PREFIX}{k}".encode(): v.encode() for k, v in values.items()}
+
+
+def parse_file_metadata(metadata: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    """``sddr.*`` entries of Parquet key/value metadata, with ``config`` parsed from JSON."""
+    out: dict[str, Any] = {}
+    for key, value in (metadata or {}).items():
+        k = key.decode()
+        if k.startswith(METADATA_PREFIX):
+            out[k[len(METADATA_PREFIX):]] = value.decode()
+    if out.get("format") != FORMAT:
+        raise ShardFormatError(f"not an sddr shard (format {out.get('format')!r}, expected {FORMAT!r})")
+    out["config"] = json.loads(out.get("config", "{}"))
+    return out
