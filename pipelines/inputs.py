@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import posixpath
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,7 +47,8 @@ class InputSet:
     """The sorted ids of an input and, per id, its image's source URI.
 
     For ``parquet`` inputs ``sources`` name the file each row came from and ``files`` list
-    the files to read; for ``dataset`` inputs ``root``/``layout`` reopen the dataset."""
+    the files to read; for ``dataset`` inputs ``root``/``layout`` reopen the dataset and
+    ``sources`` are ``root/id`` until the read step fills in the image's path."""
 
     uri: str
     kind: str
@@ -56,7 +57,6 @@ class InputSet:
     files: tuple[str, ...] = ()
     root: str | None = None
     layout: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": self.uri, "kind": self.kind, "count": len(self.ids)}

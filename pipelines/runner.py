@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import pyarrow as pa
@@ -173,11 +174,10 @@ class ProgressLog:
         self.name, self.total, self.interval, self.emit = name, total, interval, emit
         self.start = time.monotonic()
         self.last = -math.inf
-        self.done = 0
-        self.failed = 0
+        self.emitted: tuple[int, int, str] | None = None
 
     def update(self, done: int, failed: int, shards: str, force: bool = False) -> None:
-        self.done, self.failed = done, failed
+        """Emit a line if ``interval`` passed (``force``: now, unless nothing changed)."""
         t = time.monotonic()
         if self.emit is None or (not force and t - self.last < self.interval):
             return
@@ -186,6 +186,10 @@ class ProgressLog:
         rate = n / max(t - self.start, 1e-9)
         eta = (self.total - n) / rate if rate > 0 else math.inf
         pct = 100.0 * n / self.total if self.total else 100.0
+        state = (n, failed, shards)
+        if force and state == self.emitted:
+            return
+        self.emitted = state
         self.emit(f"sddr pipeline {self.name}: {n}/{self.total} rows ({pct:.0f}%), {failed} failed, "
                   f"{rate:.2f} img/s, {shards} shards" + (f", ETA {eta:.0f} s" if math.isfinite(eta) and n < self.total else ""))
 
@@ -379,13 +383,31 @@ def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int
                           num_cpus=resources.cpus_per_actor, **gpu)
 
 
-def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr_progress) -> PipelineReport:
-    """Run (or resume) one shard job; see the module doc. Raises :class:`PipelineError`
-    subclasses when it cannot finish; completed shards stay valid for a rerun."""
+def preflight(config: PipelineConfig) -> None:
+    """Errors the driver can see before starting Ray (an actor that cannot start ends the
+    job with a much longer message): settings, predictor name, local weights path."""
+    from sddr_pipeline.predictors import PredictorError, PredictorSpec
+    from sddr_pipeline.registry import PREDICTORS
+
     config.validate()
     for key in ("input", "output"):
         if getattr(config, key).startswith("memory://"):
             raise ConfigError(f"{key}: memory:// filesystems live in one process; Ray workers would not see the data")
+    try:
+        name = PredictorSpec.parse(config.predictor).name
+    except PredictorError as exc:
+        raise ConfigError(f"predictor: {exc}") from None
+    if name not in PREDICTORS:
+        raise ConfigError(f"predictor: unknown predictor {name!r}; known: {', '.join(PREDICTORS.names())}")
+    if config.weights != "default" and "://" not in config.weights and not Path(config.weights).expanduser().exists():
+        raise ConfigError(f"weights: {config.weights} does not exist (a folder with config.json + model.safetensors, "
+                          "or a .safetensors file)")
+
+
+def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr_progress) -> PipelineReport:
+    """Run (or resume) one shard job; see the module doc. Raises :class:`PipelineError`
+    subclasses when it cannot finish; completed shards stay valid for a rerun."""
+    preflight(config)
     t_start = time.perf_counter()
     inputs = list_inputs(config.input, kind=config.input_kind, layout=config.layout,
                          storage_options=config.storage_options, attempts=config.io_attempts)
@@ -445,7 +467,7 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
         run["status"] = "stalled"
         raise PipelineStalled(f"no result for {config.stall_timeout_s:g} s (stall_timeout_s); stopped. "
                               f"{len(report.shards_written)} shards were completed and a rerun resumes") from None
-    except PipelineError as exc:
+    except (PipelineError, ConfigError) as exc:
         run["status"] = f"failed: {exc}"
         raise
     except Exception as exc:

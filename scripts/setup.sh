@@ -4,7 +4,7 @@
 #     libgomp1 libusb-1.0-0 (Open3D's runtime needs), via apt-get
 #   - the CPU build of torch (torch==2.13.0) unless SDDR_TORCH is set to another pip spec
 #     (e.g. SDDR_TORCH=skip on a GPU machine that brings its own torch)
-#   - the package itself (editable) with its test and ONNX extras
+#   - the package itself (editable) with its test, ONNX, Ray and S3 extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +34,5 @@ TORCH_SPEC=${SDDR_TORCH:-torch==2.13.0}
 if [ "$TORCH_SPEC" != "skip" ]; then
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-.venv/bin/python -m pip install -q -e ".[test,onnx]"
+.venv/bin/python -m pip install -q -e ".[test,onnx,ray,s3]"
 .venv/bin/python -c "import torch, sddr_pipeline; print(f'setup: sddr-pipeline {sddr_pipeline.__version__}, torch {torch.__version__} in .venv')"

@@ -225,6 +225,19 @@ def test_resources_never_starve_the_reads():
         resolve_resources(build_config(RefinePipelineConfig, {**cfg.to_dict(), "gpus_per_actor": 1.0}), {"CPU": 4.0})
 
 
+def test_preflight_refuses_what_would_fail_inside_ray(tmp_path):
+    from sddr_pipeline.pipelines.runner import preflight
+
+    base = {"input": str(tmp_path), "output": str(tmp_path / "out"), "predictor": "simulated", "weights": str(tmp_path)}
+    preflight(build_config(RefinePipelineConfig, base))
+    with pytest.raises(ConfigError, match="^predictor: unknown predictor 'nosuch'"):
+        preflight(build_config(RefinePipelineConfig, {**base, "predictor": "nosuch:x"}))
+    with pytest.raises(ConfigError, match="^weights: .*missing does not exist"):
+        preflight(build_config(RefinePipelineConfig, {**base, "weights": str(tmp_path / "missing")}))
+    with pytest.raises(ConfigError, match="^output: memory://"):
+        preflight(build_config(RefinePipelineConfig, {**base, "output": "memory://out"}))
+
+
 def test_watchdog_interrupts_a_stalled_driver():
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -371,6 +384,7 @@ def test_refine_folder_on_the_gpu_path_with_bad_inputs(tmp_path, weights, ray_cl
     assert rerun.shards_skipped == 3 and rerun.rows_written == 0 and rerun.resources is None  # nothing started
 
 
+@pytest.mark.slow
 def test_dataset_with_ground_truth_resumes_only_missing_shards(tmp_path, weights, ray_cluster):
     from sddr_pipeline.data import write_synthetic_dataset
 
@@ -392,6 +406,7 @@ def test_dataset_with_ground_truth_resumes_only_missing_shards(tmp_path, weights
         run_refine(ray_cluster, data, out, "simulated", weights, mode="two-stage", **cpu)
 
 
+@pytest.mark.slow
 def test_killed_actor_loses_and_duplicates_nothing(tmp_path, weights, ray_cluster):
     names = [f"img{i:02d}" for i in range(6)]
     write_images(tmp_path / "in", names)

@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sizes", type=_positive_int, nargs="+", default=[512, 1024, 2048], help="one-stage square sizes (default: 512 1024 2048)")
     sp.set_defaults(func=cmd_bench_speed)
 
+    from ..pipelines.cli import add_bench_pipeline_arguments, add_pipeline_arguments, add_pseudolabel_arguments
+
+    add_bench_pipeline_arguments(bsub)
+    add_pipeline_arguments(sub)
+    add_pseudolabel_arguments(sub)
+
     pr = sub.add_parser("predictors", help="list registered predictor names (built-ins and entry points)")
     pr.set_defaults(func=cmd_predictors)
     return p
