@@ -14,10 +14,13 @@ Why a resumed run is bitwise identical to an uninterrupted one on CPU: the data 
 ``s`` are examples ``s*B ... s*B+B-1``, each a pure function of (seed, index); the
 learning rate is a pure function of ``s``; weights and optimizer moments are stored in
 fp32 safetensors (no pickle) and the torch RNG state with them; the JSON file is written
-last, so a checkpoint without it is ignored. Validation runs in eval mode without
-gradients and touches no RNG. Self-distillation pseudo-labels are a pure function of the
-round's teacher weights, saved when the round starts (see ``training.distill``), so a run
-resumed inside a round rebuilds them bitwise.
+last, so a checkpoint without it is ignored. CPU results depend on torch's intra-op
+thread count (kernels split reductions by it), so training always runs at the config's
+``threads`` (default :data:`DEFAULT_THREADS`), not at whatever count the calling process
+has; a run resumed with a different ``threads`` continues, but not bitwise. Validation
+runs in eval mode without gradients and touches no RNG. Self-distillation pseudo-labels
+are a pure function of the round's teacher weights, saved when the round starts (see
+``training.distill``), so a run resumed inside a round rebuilds them bitwise.
 
 Stages: ``config.stages`` is a list of (kind, steps); :data:`STAGE_LOSSES` maps a kind
 to its loss: ``gt`` (L_gt, the paper's first epoch) and ``distill`` (one
@@ -56,6 +59,10 @@ StageLoss = Callable[[RefinerOutput, Batch, LossWeights], tuple[torch.Tensor, di
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6,})\.json$")
 FORMAT_VERSION = 1
+#: Torch intra-op threads of a run whose config leaves ``threads`` unset. CPU kernels
+#: split their reductions by the thread count, so the weights depend on it: a fixed
+#: default (not the calling process's count) keeps a run a function of its config.
+DEFAULT_THREADS = 1
 
 
 def _gt_stage(output: RefinerOutput, batch: Batch, weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
@@ -386,10 +393,20 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
     With ``resume`` the newest valid checkpoint under ``OUTPUT/checkpoints`` is continued
     (bitwise identical to an uninterrupted run on CPU); without it, this trainer's old
     checkpoints and log are removed first. ``progress`` receives one line per step.
+
+    Torch runs with ``config.threads`` intra-op threads (:data:`DEFAULT_THREADS` when
+    unset), never the caller's count, which is restored on return.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads or DEFAULT_THREADS)
+    try:
+        return _train(config, resume, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path:
     say = progress or (lambda _line: None)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     out = config.output_dir
     ckpt_dir = out / "checkpoints"
