@@ -102,7 +102,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sddr train: {exc}", file=sys.stderr)
         return 2
-    final = train(config, resume=not args.no_resume, progress=None if args.quiet else print)
+    from ..training.shard_source import ShardSourceError
+
+    try:
+        final = train(config, resume=not args.no_resume, progress=None if args.quiet else print)
+    except ShardSourceError as exc:  # training shards that cannot be used: the message names the file
+        print(f"sddr train: {exc}", file=sys.stderr)
+        return 2
     print(f"sddr train: weights written to {final} (use --weights {final})")
     return 0
 

@@ -18,6 +18,7 @@ from .losses import (
     total_loss,
 )
 from .samples import ExampleSettings, ExampleSource, NoiseRanges, SourceSpec, TrainingExample, make_example
+from .shard_source import ShardSourceError, TrainingShards
 from .trainer import evaluate, learning_rate, train
 
 __all__ = [
@@ -28,9 +29,11 @@ __all__ = [
     "LossWeights",
     "NoiseRanges",
     "SourceSpec",
+    "ShardSourceError",
     "Stage",
     "TrainConfig",
     "TrainingExample",
+    "TrainingShards",
     "ValidationSettings",
     "cluster_boxes",
     "edge_clusters",

@@ -2,7 +2,10 @@
 
 Every error names the offending key (``loss.grad``, ``data[1].root``, ...). Relative paths
 (``output``, dataset ``root``) are resolved against the current working directory; a data
-``root`` may use environment variables, ``$VAR``/``${VAR}`` or ``${VAR:-default}``.
+``root`` may use environment variables, ``$VAR``/``${VAR}`` or ``${VAR:-default}``. A
+``shards`` root may also be a URI (``file://``, ``s3://``, ...), kept as written; its
+``storage_options`` (fsspec, e.g. ``{client_kwargs: {endpoint_url: ...}}``) may use
+environment variables in their string values and are never recorded (:meth:`TrainConfig.to_dict`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec
 from .losses import LossWeights
 from .samples import SOURCE_KINDS, ExampleSettings, NoiseRanges, SourceSpec, is_simulated
+from .shard_source import PREDICTION_SPACES, is_uri
 
 #: Training stage kinds. ``gt``: L_gt only (paper's first epoch). ``distill``: one
 #: self-distillation round: pseudo-labels G_S regenerated from the current model at its
@@ -38,10 +42,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    """A block of ``steps`` optimisation steps with one loss recipe (``kind``)."""
+    """A block of ``steps`` optimisation steps with one loss recipe (``kind``).
+
+    ``relabel_shards`` (``distill`` only): the round's teacher makes new pseudo-labels for
+    training-shard examples too, instead of using the G_S stored in the shards.
+    """
 
     kind: str = "gt"
     steps: int = 1
+    relabel_shards: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,21 @@ class TrainConfig:
         return Path(self.output).expanduser().resolve()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-ready dict (tuples become lists); :func:`config_from_dict` inverts it."""
-        return _plain(dataclasses.asdict(self))
+        """JSON/YAML-ready dict (tuples become lists); :func:`config_from_dict` inverts it.
+
+        What checkpoints record and a resume compares: data sources' ``storage_options``
+        are left out (connection settings, possibly credentials), and keys added for
+        training shards appear only where used, so older checkpoints still compare equal.
+        """
+        out = _plain(dataclasses.asdict(self))
+        for src in out["data"]:
+            src.pop("storage_options", None)
+            if src["kind"] != "shards":
+                src.pop("prediction_space", None)
+        for stage in out["stages"]:
+            if not stage.get("relabel_shards"):
+                stage.pop("relabel_shards", None)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
@@ -211,22 +233,53 @@ def expand_env(text: str, key: str) -> str:
     return _ENV_VAR.sub(value, text)
 
 
+def _expand_options(value: Any, key: str) -> Any:
+    """``storage_options`` with environment variables expanded in their string values."""
+    if isinstance(value, Mapping):
+        return {str(k): _expand_options(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_expand_options(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return expand_env(value, key) if isinstance(value, str) else value
+
+
+def _shards_root(text: str) -> str:
+    """A URI stays as written (trailing ``/`` dropped); a path becomes absolute."""
+    if is_uri(text):
+        return text.rstrip("/") if not text.endswith("://") else text
+    return str(Path(text).expanduser().resolve())
+
+
 def _source(value: Any, key: str) -> SourceSpec:
-    d = _mapping(value, key, {"kind", "root", "layout", "weight", "size"})
+    d = _mapping(value, key, {"kind", "root", "layout", "weight", "size", "storage_options", "prediction_space"})
     kind = _str(d.get("kind", "synthetic"), f"{key}.kind")
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"{key}.kind must be one of {', '.join(repr(k) for k in SOURCE_KINDS)}, got {kind!r}")
     root = d.get("root")
-    if kind != "synthetic":
+    if kind == "shards":
+        root = _shards_root(expand_env(_str(root, f"{key}.root"), f"{key}.root"))
+    elif kind != "synthetic":
         root = str(Path(expand_env(_str(root, f"{key}.root"), f"{key}.root")).expanduser().resolve())
     elif root is not None:
-        raise ConfigError(f"{key}.root is only for kinds 'dataset' and 'unlabeled'")
+        raise ConfigError(f"{key}.root is only for kinds 'dataset', 'unlabeled' and 'shards'")
+    for option in ("storage_options", "prediction_space"):
+        if kind != "shards" and d.get(option) is not None:
+            raise ConfigError(f"{key}.{option} is only for kind 'shards'")
+    if kind == "shards" and d.get("layout", "auto") != "auto":
+        raise ConfigError(f"{key}.layout is only for kinds 'dataset' and 'unlabeled'")
+    options = d.get("storage_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"{key}.storage_options must be a mapping, got {type(options).__name__}")
+    space = _str(d.get("prediction_space") or "auto", f"{key}.prediction_space")
+    if space not in PREDICTION_SPACES:
+        raise ConfigError(f"{key}.prediction_space must be one of {', '.join(PREDICTION_SPACES)}, got {space!r}")
     size = _pair(d.get("size", [384, 512]), f"{key}.size", int)
     if min(size) < 32:
         raise ConfigError(f"{key}.size must be at least 32x32, got {list(size)}")
     return SourceSpec(
         kind=kind, root=root, layout=_str(d.get("layout", "auto"), f"{key}.layout"),
         weight=_float(d.get("weight", 1.0), f"{key}.weight", 0.0, open_lo=True), size=size,
+        storage_options=None if options is None else _expand_options(options, f"{key}.storage_options"),
+        prediction_space=space,
     )
 
 
@@ -318,13 +371,16 @@ def _stages(value: Any) -> tuple[Stage, ...]:
         raise ConfigError("stages must be a non-empty list of {kind, steps}")
     stages = []
     for i, s in enumerate(value):
-        sd = _mapping(s, f"stages[{i}]", {"kind", "steps"})
+        sd = _mapping(s, f"stages[{i}]", {"kind", "steps", "relabel_shards"})
         kind = _str(sd.get("kind", "gt"), f"stages[{i}].kind")
         if kind not in STAGE_KINDS:
             raise ConfigError(f"stages[{i}].kind must be one of {list(STAGE_KINDS)}, got {kind!r}")
         if "steps" not in sd:
             raise ConfigError(f"stages[{i}].steps is required")
-        stages.append(Stage(kind, _int(sd["steps"], f"stages[{i}].steps", 1)))
+        relabel = _bool(sd.get("relabel_shards", False), f"stages[{i}].relabel_shards")
+        if relabel and kind != "distill":
+            raise ConfigError(f"stages[{i}].relabel_shards is only for distill stages")
+        stages.append(Stage(kind, _int(sd["steps"], f"stages[{i}].steps", 1), relabel))
     return tuple(stages)
 
 
@@ -352,6 +408,16 @@ def _finish(out: dict[str, Any]) -> TrainConfig:
                 raise ConfigError(
                     f"data[{i}].kind 'unlabeled' needs a real predictor; the simulated one corrupts ground truth"
                 )
+    for i, stage in enumerate(cfg.stages):
+        if not stage.relabel_shards:
+            continue
+        if not any(src.kind == "shards" for src in cfg.data):
+            raise ConfigError(f"stages[{i}].relabel_shards: no data source has kind 'shards'")
+        if is_simulated(cfg.predictor):
+            raise ConfigError(
+                f"stages[{i}].relabel_shards needs the real predictor that made the shards (predictor: ...): "
+                "the windows of a crop are predicted again from its image, and the simulated one needs ground truth"
+            )
     return cfg
 
 

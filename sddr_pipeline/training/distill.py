@@ -22,6 +22,17 @@ An example's pseudo-label treats its crop as the image:
   k-means, :func:`~sddr_pipeline.training.losses.edge_clusters`), whose bounding boxes are
   the regions of L_grad.
 
+Examples from training shards (``kind: shards``) already carry a pseudo-label: the G_S
+that ``sddr pseudolabel`` stored, cut with the example's box (``TrainingExample.gs``). A
+round uses it as is, without running the teacher, unless the round's stage sets
+``relabel_shards`` (then the teacher labels the crop from the row's stored image, as
+above; this needs the real predictor that made the shards). Either way the crop's
+high-frequency regions are recomputed from the crop's G_S (top ``top`` share, ``regions``
+k-means clusters seeded by the example index, their bounding boxes) rather than cut out
+of the stored image-level regions: a crop holds an arbitrary share of the image's edge
+pixels and slivers of its clusters, and recomputing keeps stored and teacher labels
+defined the same way.
+
 Labels are made on one thread without touching torch's global RNG, so they are a pure
 function of (teacher weights, example, settings): a run resumed inside a round reloads
 the round's teacher and gets bitwise the same labels.
@@ -67,6 +78,16 @@ def pool_indices(start: int, batch_size: int, round_steps: int, settings: Distil
     return range(start * batch_size, start * batch_size + size)
 
 
+def stored_pseudo_label(example: TrainingExample, *, top: float, regions: int, seed: int) -> CropLabel:
+    """The pseudo-label of an example that carries a stored G_S (a training-shard row):
+    that G_S and the edge clusters of the crop (see the module docstring)."""
+    if example.gs is None:
+        raise ValueError(f"example {example.name!r} has no stored G_S")
+    gs = example.gs.float()
+    clusters = edge_clusters(gs[None], top=top, k=regions, seed=seed)[0].to(torch.int8)
+    return CropLabel(gs, clusters)
+
+
 def crop_pseudo_label(
     example: TrainingExample, teacher: Refiner, config: TwoStageConfig, *, top: float, regions: int, seed: int
 ) -> CropLabel:
@@ -92,9 +113,10 @@ class DistillRound:
 
     def __init__(
         self, source: ExampleSource, teacher: Refiner, start: int, steps: int, batch_size: int,
-        settings: DistillSettings,
+        settings: DistillSettings, relabel_shards: bool = False,
     ) -> None:
         self.source = source
+        self.relabel_shards = relabel_shards
         self.teacher = teacher.eval()
         self.start = start
         self.settings = settings
@@ -102,6 +124,7 @@ class DistillRound:
         self.reused = len(self.indices) < steps * batch_size
         self.config = TwoStageConfig(steps=settings.coarse_to_fine_steps)
         self.labelled = 0
+        self.stored = 0
         self.label_seconds = 0.0
         self._cache: dict[int, tuple[TrainingExample, CropLabel]] = {}
 
@@ -111,16 +134,22 @@ class DistillRound:
             return self._cache[position]
         t0 = time.perf_counter()
         index = self.indices[position]
+        stored = not self.relabel_shards and self.source.kind_of(index) == "shards"
+        top, regions = self.settings.top, self.settings.regions
         with single_thread(), torch.random.fork_rng(devices=[]):
-            example = self.source.example(index, origin=True)
-            label = crop_pseudo_label(
-                example, self.teacher, self.config, top=self.settings.top, regions=self.settings.regions, seed=index
-            )
+            example = self.source.example(index, origin=not stored)
+            if stored:
+                label = stored_pseudo_label(example, top=top, regions=regions, seed=index)
+            else:
+                label = crop_pseudo_label(example, self.teacher, self.config, top=top, regions=regions, seed=index)
         made = (replace(example, origin=None), label)
         if self.reused:
             self._cache[position] = made
-        self.labelled += 1
-        self.label_seconds += time.perf_counter() - t0
+        if stored:
+            self.stored += 1
+        else:
+            self.labelled += 1
+            self.label_seconds += time.perf_counter() - t0
         return made
 
     def batch(self, step: int, batch_size: int) -> Batch:

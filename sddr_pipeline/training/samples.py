@@ -28,6 +28,18 @@ predictor): the consistent LOW prediction, normalised and upsampled like the net
 low input, is the value target and every pixel is valid; self-distillation stages add
 the pseudo-label G_S as the gradient target (see ``training.distill``).
 
+Training shards (``kind: shards``, the output of ``sddr pseudolabel`` read directly from
+its URI, see ``training.shard_source``): a row drawn uniformly from the shards replaces
+the image and the predictor: its stored raw LOW and HIGH predictions (made disparity-like
+by the source's ``prediction_space``) are cut with ONE box, drawn and flipped exactly as
+above, the LOW crop is both the low input and the value target (all pixels valid, like
+``unlabeled``), and the stored G_S (image size) is cut with the same box into
+``TrainingExample.gs``. The predictor is not run and no noise is drawn. Stage ``gt``
+uses L_gt only, as for every source (the paper's stage 1; a batch's loss does not depend
+on where its examples came from); ``distill`` rounds use the stored G_S as the example's
+pseudo-label instead of asking the teacher (``training.distill``), unless the round sets
+``relabel_shards``.
+
 ``ExampleSource.example(index, origin=True)`` also returns the crop's :class:`CropOrigin`
 (its RGB pixels and ground truth, registered and flipped like the maps, and a predictor
 for its windows), which the self-distillation rounds need to re-predict windows of the
@@ -37,9 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,8 +69,8 @@ HELD_OUT_NAMES = frozenset({"middlebury2014q", "kitti_sample", "nyu_sample"})
 #: Validation-set layouts; a dataset source with one of them is refused too.
 HELD_OUT_LAYOUTS = frozenset({"middlebury2014", "kitti", "nyu"})
 
-SourceKind = Literal["synthetic", "dataset", "unlabeled"]
-SOURCE_KINDS: tuple[str, ...] = ("synthetic", "dataset", "unlabeled")
+SourceKind = Literal["synthetic", "dataset", "unlabeled", "shards"]
+SOURCE_KINDS: tuple[str, ...] = ("synthetic", "dataset", "unlabeled", "shards")
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,8 @@ class CropOrigin:
 @dataclass(frozen=True)
 class TrainingExample:
     """One training crop: ``low``/``high`` 1xHxW in [0, 1], ``target`` 1xHxW disparity
-    (valid pixels in [0, 1], 0 elsewhere), ``mask`` 1xHxW bool of valid target pixels."""
+    (valid pixels in [0, 1], 0 elsewhere), ``mask`` 1xHxW bool of valid target pixels;
+    ``gs`` 1xHxW: a stored pseudo-label G_S cut like the maps (training shards only)."""
 
     low: torch.Tensor
     high: torch.Tensor
@@ -89,6 +102,7 @@ class TrainingExample:
     mask: torch.Tensor
     name: str = ""
     origin: CropOrigin | None = None
+    gs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,13 +150,18 @@ class NoiseRanges:
 class SourceSpec:
     """A data source: ``synthetic`` scenes of ``size`` (h, w) rendered on the fly, or a
     ``dataset`` folder read with ``open_dataset(root, layout)``, or an ``unlabeled`` folder
-    (any layout; ground truth, if any, is ignored); ``weight`` is its share."""
+    (any layout; ground truth, if any, is ignored), or ``shards``: training shards of
+    ``sddr pseudolabel`` at the URI ``root``, opened with ``storage_options`` (fsspec; not
+    compared, printed or recorded: they may hold credentials), their raw predictions in
+    ``prediction_space`` (``auto``, ``disparity`` or ``depth``); ``weight`` is its share."""
 
     kind: SourceKind = "synthetic"
     root: str | None = None
     layout: str = "auto"
     weight: float = 1.0
     size: tuple[int, int] = (384, 512)
+    storage_options: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    prediction_space: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -279,6 +298,38 @@ def make_example(
     return TrainingExample(low_c[0], high_c[0], target[0], mask[0], name, origin)
 
 
+def make_stored_example(
+    low_raw: np.ndarray,
+    high_raw: np.ndarray,
+    gs: np.ndarray,
+    kind: OutputKind,
+    rng: np.random.Generator,
+    *,
+    name: str,
+    crop: int,
+    crop_scale: tuple[float, float] = (0.75, 1.0),
+    flip: bool = True,
+) -> tuple[TrainingExample, tuple[float, float, float, float], bool]:
+    """A training crop of STORED predictions (a training-shard row): ``low_raw``/``high_raw``
+    at their working sizes in ``kind``'s space and G_S ``gs`` at the image's size, cut with
+    one box (drawn on the HIGH map, as :func:`make_example` does) and flipped together; the
+    normalised LOW crop is the value target, every pixel valid, and the G_S crop is the
+    example's ``gs``. Returns (example, box, flipped)."""
+    low = torch.from_numpy(to_disparity_like(sanitize(low_raw), kind))[None, None]
+    high = torch.from_numpy(to_disparity_like(sanitize(high_raw), kind))[None, None]
+    g = torch.from_numpy(np.nan_to_num(np.asarray(gs, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))[None, None]
+    box = draw_box(rng, tuple(high.shape[-2:]), crop, crop_scale)
+    do_flip = bool(flip and rng.random() < 0.5)
+    low_c, high_c, gs_c = (crop_map(t, box, crop) for t in (low, high, g))
+    mask = torch.ones_like(low_c, dtype=torch.bool)
+    if do_flip:
+        low_c, high_c, gs_c = (t.flip(-1) for t in (low_c, high_c, gs_c))
+    target = normalize_target(low_c, mask)
+    low_c = minmax_normalize_batch(low_c)
+    high_c = minmax_normalize_batch(high_c)
+    return TrainingExample(low_c[0], high_c[0], target[0], mask[0], name, None, gs_c[0]), box, do_flip
+
+
 def crop_origin(
     image: np.ndarray,
     gt: np.ndarray | None,
@@ -366,6 +417,7 @@ class ExampleSource:
     """Deterministic example ``index`` -> :class:`TrainingExample` over weighted sources.
 
     ``device`` is where a fixed (non-simulated) predictor runs; examples are CPU tensors.
+    Training shards are opened here (their listing and first footer) and read lazily.
     """
 
     def __init__(self, sources: Sequence[SourceSpec], settings: ExampleSettings, device: str = "cpu") -> None:
@@ -380,6 +432,7 @@ class ExampleSource:
         self._cum = np.cumsum(weights / weights.sum())
         self._simulated = is_simulated(settings.predictor)
         self._datasets: dict[int, Dataset] = {}
+        self._shards: dict[int, Any] = {}
         for i, src in enumerate(self.sources):
             if src.kind not in SOURCE_KINDS:
                 raise ValueError(f"data source {i}: kind must be one of {list(SOURCE_KINDS)}, got {src.kind!r}")
@@ -387,6 +440,14 @@ class ExampleSource:
                 continue
             if not src.root:
                 raise ValueError(f"data source {i}: kind {src.kind!r} needs a root")
+            if src.kind == "shards":
+                from .shard_source import TrainingShards
+
+                self._shards[i] = TrainingShards(
+                    src.root, src.storage_options, prediction_space=src.prediction_space,
+                    held_out=HELD_OUT_NAMES, held_out_layouts=HELD_OUT_LAYOUTS,
+                )
+                continue
             if src.kind == "unlabeled" and self._simulated:
                 raise ValueError(
                     f"data source {i} ({src.root!r}) is unlabeled: it needs a real predictor "
@@ -415,13 +476,31 @@ class ExampleSource:
             raise ValueError(f"{sample.name} in {self.sources[source].root!r} has no ground truth")
         return sample.image(), sample.gt, sample.gt_kind, sample.name
 
-    def example(self, index: int, origin: bool = False) -> TrainingExample:
-        """Example ``index``; ``origin=True`` attaches its :class:`CropOrigin`."""
-        s = self.settings
-        rng = np.random.default_rng([int(s.seed) & 0xFFFFFFFF, int(index)])
+    def _pick(self, rng: np.random.Generator) -> int:
         source = int(np.searchsorted(self._cum, rng.random(), side="right"))
-        source = min(source, len(self.sources) - 1)
+        return min(source, len(self.sources) - 1)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([int(self.settings.seed) & 0xFFFFFFFF, int(index)])
+
+    def kind_of(self, index: int) -> str:
+        """The kind of the source example ``index`` comes from (draws nothing else)."""
+        return self.sources[self._pick(self._rng(index))].kind
+
+    def fingerprint(self) -> list[dict[str, Any]]:
+        """What the training shards hold (per ``shards`` source; others are not listed):
+        checkpoints record it and a resumed run must find the same rows."""
+        return [{"source": i, **shards.fingerprint()} for i, shards in sorted(self._shards.items())]
+
+    def example(self, index: int, origin: bool = False) -> TrainingExample:
+        """Example ``index``; ``origin=True`` attaches its :class:`CropOrigin` (for a
+        training-shard row: decodes its stored image; needs a real predictor)."""
+        s = self.settings
+        rng = self._rng(index)
+        source = self._pick(rng)
         spec = self.sources[source]
+        if spec.kind == "shards":
+            return self._shard_example(source, rng, origin)
         if spec.kind == "synthetic":
             scene_seed = int(rng.integers(0, VALIDATION_SEED_BASE))
             scene = make_scene(spec.size[0], spec.size[1], seed=scene_seed)
@@ -445,6 +524,30 @@ class ExampleSource:
             image, gt, gt_kind, predictor, rng, name=name, low_res=s.low_res, high_res=s.high_res,
             crop=s.crop, crop_scale=s.crop_scale, flip=s.flip, window_predictor=windows,
         )
+
+    def _shard_example(self, source: int, rng: np.random.Generator, origin: bool) -> TrainingExample:
+        s = self.settings
+        shards = self._shards[source]
+        row = shards.row(int(rng.integers(0, len(shards))), image=origin)
+        example, box, flipped = make_stored_example(
+            row.low, row.high, row.gs, OutputKind(row.space), rng, name=row.name, crop=s.crop,
+            crop_scale=s.crop_scale, flip=s.flip,
+        )
+        if not origin:
+            return example
+        if self._simulated:
+            raise ValueError(
+                f"{row.where}: relabelling a training-shard crop predicts its windows again from the image, "
+                "which needs a real predictor (the simulated one needs ground truth)"
+            )
+        from ..pipelines.stage import decode_image
+
+        image = decode_image(row.image, row.where)
+        if row.size is not None and tuple(image.shape[:2]) != row.size:
+            raise ValueError(f"{row.where}: the stored image is {image.shape[1]}x{image.shape[0]}, "
+                             f"the row says {row.size[1]}x{row.size[0]}")
+        windows = crop_window_predictor(s, self._fixed_predictor(), None)
+        return replace(example, origin=crop_origin(image, None, "depth", box, flipped, row.name, *windows))
 
     def batch(self, indices: Sequence[int]) -> Batch:
         """Stacked examples; made with one torch thread (their ops are too small to

@@ -20,7 +20,10 @@ thread count (kernels split reductions by it), so training always runs at the co
 has; a run resumed with a different ``threads`` continues, but not bitwise. Validation
 runs in eval mode without gradients and touches no RNG. Self-distillation pseudo-labels
 are a pure function of the round's teacher weights, saved when the round starts (see
-``training.distill``), so a run resumed inside a round rebuilds them bitwise.
+``training.distill``), so a run resumed inside a round rebuilds them bitwise. Training
+shards (``kind: shards``) are data outside the output folder: checkpoints record what
+they held (files, rows, a digest: ``ExampleSource.fingerprint``) and a resume refuses
+shards that changed since (a pseudo-label job that went on writing, another root).
 
 Stages: ``config.stages`` is a list of (kind, steps); :data:`STAGE_LOSSES` maps a kind
 to its loss: ``gt`` (L_gt, the paper's first epoch) and ``distill`` (one
@@ -216,7 +219,7 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
 
 
 def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, stage: str) -> Path:
+                    optimizer: torch.optim.Optimizer, stage: str, data: list[dict[str, Any]] | None = None) -> Path:
     """Write the three files of checkpoint ``step`` (JSON last); returns the JSON path."""
     stem = f"step-{step:06d}"
     weights = folder / f"{stem}.safetensors"
@@ -240,6 +243,8 @@ def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.
         "config": config.to_dict(),
         "time": time.time(),
     }
+    if data:
+        record["data"] = data
     path = folder / f"{stem}.json"
     atomic_write_json(path, record)
     return path
@@ -291,7 +296,8 @@ def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, op
     return int(record["step"])
 
 
-def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
+                      data: list[dict[str, Any]] | None = None) -> None:
     saved = record.get("config", {})
     now = config.to_dict()
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
@@ -300,6 +306,16 @@ def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path) -
             f"cannot resume from {path}: the config changed in {', '.join(changed)}; "
             "restore those settings, use another output folder, or start over with --no-resume"
         )
+    before = {d.get("source"): d for d in record.get("data") or []}
+    for d in data or []:
+        old = before.get(d["source"])
+        if old is not None and old != d:
+            raise ValueError(
+                f"cannot resume from {path}: the training shards of data[{d['source']}] ({d['root']}) changed since "
+                f"the checkpoint ({old.get('rows')} rows in {old.get('files')} files, predictions "
+                f"{old.get('prediction_space')} then; {d['rows']} rows in {d['files']} files, {d['prediction_space']} "
+                "now), so the examples would differ; restore them, use another output folder, or start over with --no-resume"
+            )
 
 
 def _prune(folder: Path, keep: int) -> None:
@@ -346,8 +362,8 @@ def prepare_round(
         )
     teacher = Refiner.from_config(config.preset, seed=config.seed).to(device)
     teacher.net.load_state_dict(load_file(str(path), device=str(device)), strict=True)
-    steps = stage_at(config.stages, step).steps
-    return DistillRound(examples, teacher, start, steps, config.batch_size, config.distill)
+    stage = stage_at(config.stages, step)
+    return DistillRound(examples, teacher, start, stage.steps, config.batch_size, config.distill, stage.relabel_shards)
 
 
 # ---------------------------------------------------------------------------- log
@@ -426,7 +442,7 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
     found = latest_checkpoint(ckpt_dir) if resume else None
     if found is not None:
         path, record = found
-        _check_compatible(record, config, path)
+        _check_compatible(record, config, path, examples.fingerprint())
         start = load_checkpoint(path, record, net, optimizer)
         _truncate_log(log_path, start)
         say(f"resumed from {path.name} (step {start}/{config.steps})")
@@ -451,15 +467,17 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        labels = (0, 0.0)
+        labels = (0, 0.0, 0)
         if stage.kind == "distill":
             if current is None or current.start != round_start(config.stages, step):
                 current = prepare_round(config, examples, net, out, step, device)
+                shards = any(src.kind == "shards" for src in config.data) and not current.relabel_shards
+                stored = " (training-shard examples use their stored G_S)" if shards else ""
                 say(f"distill round from step {current.start}: pool of {len(current.indices)} examples, "
-                    f"pseudo-labels by the teacher of step {current.start}")
-            before = (current.labelled, current.label_seconds)
+                    f"pseudo-labels by the teacher of step {current.start}{stored}")
+            before = (current.labelled, current.label_seconds, current.stored)
             batch = current.batch(step, b).to(device)
-            labels = (current.labelled - before[0], current.label_seconds - before[1])
+            labels = (current.labelled - before[0], current.label_seconds - before[1], current.stored - before[2])
         else:
             current = None
             batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
@@ -483,11 +501,13 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         }
         if stage.kind == "distill":
             record["pseudo_labels"] = {"made": labels[0], "seconds": round(labels[1], 4)}
+            if labels[2]:
+                record["pseudo_labels"]["stored"] = labels[2]
         if val is not None and (done % config.validate_every == 0 or done == config.steps):
             record["val"] = evaluate(net, val, config.bf16)
         _append(log_path, record)
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(ckpt_dir, done, config, net, optimizer, stage.kind)
+            save_checkpoint(ckpt_dir, done, config, net, optimizer, stage.kind, examples.fingerprint())
             _prune(ckpt_dir, config.keep_checkpoints)
         elapsed = time.perf_counter() - run_start
         eta = elapsed / (done - start) * (config.steps - done)
