@@ -408,7 +408,8 @@ def run_colmap(
     ``max_depth_factor``: depths beyond this many times the image's farthest usable SfM
     point are dropped (0). ``context_fn(view)`` may return a ``SampleContext`` for the
     predictor (e.g. ground truth for ``simulated``), for the image AS REFINED (after
-    undistortion). Returns a :class:`ColmapReport`.
+    undistortion). Returns a :class:`ColmapReport`. On an error, an OUTPUT folder this
+    call created is removed again.
     """
     pycolmap = require_pycolmap()
     from sddr_pipeline.confidence import confidence, save_confidence
@@ -422,113 +423,119 @@ def run_colmap(
     ws = Path(workspace)
     out = Path(output) if output is not None else ws / "sddr"
     _check_output(ws, out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    rec, image_dir, undistorted = _prepare_model(ws, out, Path(images_path) if images_path else ws / "images", pycolmap)
-    names_by_id = {iid: rec.images[iid].name for iid in rec.reg_image_ids()}
-    names = [names_by_id[i] for i in sorted(names_by_id, key=lambda i: names_by_id[i])]
-    if not names:
-        raise ColmapError(f"{ws}: the model has no registered images")
-    report = ColmapReport(out, undistorted=undistorted)
-    if not undistorted:
-        _link_images(image_dir, out / "images", names)
-    work = out / ".work"
-    records: dict[str, dict[str, Any]] = {}
-    for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
-        image, name = rec.images[iid], names_by_id[iid]
-        camera = rec.cameras[image.camera_id]
-        intr = intrinsics_from_colmap(camera)
-        rgb = read_image(image_dir / name)
-        if rgb.shape[:2] != (camera.height, camera.width):
-            raise ColmapError(
-                f"{image_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its COLMAP camera is "
-                f"{camera.width}x{camera.height} (EXIF rotation or a resized copy?)"
-            )
-        view = ColmapView(name, rgb, intr, image.cam_from_world().matrix(), camera)
-        context = context_fn(view) if context_fn is not None else SampleContext(name=name)
-        say(f"refining {name}")
-        result = refine(rgb, predictor, refiner, mode=mode, low_res=low_res, high_res=high_res,  # type: ignore[arg-type]
-                        context=context, edges=False)
-        src = _alignment_source(result, space)
-        obs = image_observations(image, camera, rec.points3D)
-        keep = usable_observations(obs, camera.height, camera.width, min_track_length, max_reproj_error)
-        rec_entry: dict[str, Any] = {"observations": int(len(obs.z)), "usable": int(keep.sum()), "status": "ok", "reasons": []}
-        if keep.sum() < min_points:
-            rec_entry["reasons"].append(f"too_few_points: {int(keep.sum())} usable observations (need {min_points})")
-        else:
-            fit = fit_alignment(sample_bilinear(src, obs.rows[keep], obs.cols[keep]), obs.z[keep], space)
-            rec_entry["alignment"] = asdict(fit)
-            rec_entry["max_depth"] = float(obs.z[keep].max() * max_depth_factor)
-            if not fit.scale > 0:
-                rec_entry["reasons"].append(f"non_positive_scale: {fit.scale:.4g}")
-            if fit.median_rel_error > max_median_error:
-                rec_entry["reasons"].append(
-                    f"poor_fit: median relative error {fit.median_rel_error:.3f} at the SfM points (limit {max_median_error:g})"
+    try:
+        rec, image_dir, undistorted = _prepare_model(ws, out, Path(images_path) if images_path else ws / "images", pycolmap)
+        names_by_id = {iid: rec.images[iid].name for iid in rec.reg_image_ids()}
+        names = [names_by_id[i] for i in sorted(names_by_id, key=lambda i: names_by_id[i])]
+        if not names:
+            raise ColmapError(f"{ws}: the model has no registered images")
+        report = ColmapReport(out, undistorted=undistorted)
+        if not undistorted:
+            _link_images(image_dir, out / "images", names)
+        work = out / ".work"
+        records: dict[str, dict[str, Any]] = {}
+        for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
+            image, name = rec.images[iid], names_by_id[iid]
+            camera = rec.cameras[image.camera_id]
+            intr = intrinsics_from_colmap(camera)
+            rgb = read_image(image_dir / name)
+            if rgb.shape[:2] != (camera.height, camera.width):
+                raise ColmapError(
+                    f"{image_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its COLMAP camera is "
+                    f"{camera.width}x{camera.height} (EXIF rotation or a resized copy?)"
                 )
-        work.mkdir(exist_ok=True)
-        np.save(work / f"{iid}-src.npy", src.astype(np.float32))
-        np.save(work / f"{iid}-conf.npy", confidence(result))
-        records[name] = rec_entry
-    scales = {n: r["alignment"]["scale"] for n, r in records.items() if not r["reasons"]}
-    outliers, report.median_scale = flag_scale_outliers(scales, outlier_rule, scale_bounds, mad_k)
-    for n, reason in outliers.items():
-        records[n]["reasons"].append(reason)
-    depth_params: dict[str, dict[str, float]] = {}
-    clouds = []
-    for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
-        name = names_by_id[iid]
-        entry, stem = records[name], _stem(name)
-        src = np.load(work / f"{iid}-src.npy")
-        if entry["reasons"]:
-            entry["status"] = "excluded"
-            report.excluded[name] = "; ".join(entry["reasons"])
-            atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(np.zeros(src.shape, np.uint16)))
-            depth_params[stem] = {"scale": 0.0, "offset": 0.0}
-            continue
-        fit = entry["alignment"]
-        depth = apply_alignment(src, fit["scale"], fit["offset"], space, entry["max_depth"]).astype(np.float32)
-        write_colmap_depth(out / "stereo" / "depth_maps" / f"{name}.geometric.bin", depth)
-        png, scale, offset = encode_inverse_depth_png(depth)
-        atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(png))
-        depth_params[stem] = {"scale": scale, "offset": offset}
-        conf = np.load(work / f"{iid}-conf.npy")
-        save_confidence(out / "confidence" / f"{stem}.npy", conf)
-        image = rec.images[iid]
-        pose = np.eye(4)
-        pose[:3] = image.cam_from_world().matrix()
-        cloud = depth_to_pointcloud(
-            depth, intrinsics_from_colmap(rec.cameras[image.camera_id]), read_image(image_dir / name),
-            mask=conf >= fused_min_confidence, stride=fused_stride, camera_to_world=np.linalg.inv(pose),
-        )
-        clouds.append(cloud)
-        entry["valid_fraction"] = float((depth > 0).mean())
-        report.included.append(name)
-    shutil.rmtree(work, ignore_errors=True)
-    atomic_write_json(out / "sparse" / "0" / "depth_params.json", depth_params)
-    fused = merge_clouds(clouds)
-    if fused_voxel and len(fused):
-        fused = voxel_downsample(fused, fused_voxel)
-    if len(fused):
-        write_ply(out / "fused.ply", fused)
-    report.fused_points = len(fused)
-    report.seconds = time.perf_counter() - t0
-    atomic_write_json(out / "alignment.json", {
-        "workspace": str(ws.resolve()),
-        "settings": {
-            "mode": mode, "space": space, "min_track_length": min_track_length, "max_reproj_error": max_reproj_error,
-            "min_points": min_points, "max_median_error": max_median_error, "outlier_rule": outlier_rule,
-            "scale_bounds": list(scale_bounds), "mad_k": mad_k, "max_depth_factor": max_depth_factor,
-            "predictor": getattr(predictor, "name", type(predictor).__name__),
-            "refiner": getattr(refiner, "version", "unknown"),
-        },
-        "undistorted": undistorted,
-        "median_scale": report.median_scale,
-        "included": report.included,
-        "excluded": report.excluded,
-        "images": records,
-        "fused_points": report.fused_points,
-        "seconds": round(report.seconds, 2),
-    })
-    return report
+            view = ColmapView(name, rgb, intr, image.cam_from_world().matrix(), camera)
+            context = context_fn(view) if context_fn is not None else SampleContext(name=name)
+            say(f"refining {name}")
+            result = refine(rgb, predictor, refiner, mode=mode, low_res=low_res, high_res=high_res,  # type: ignore[arg-type]
+                            context=context, edges=False)
+            src = _alignment_source(result, space)
+            obs = image_observations(image, camera, rec.points3D)
+            keep = usable_observations(obs, camera.height, camera.width, min_track_length, max_reproj_error)
+            rec_entry: dict[str, Any] = {"observations": int(len(obs.z)), "usable": int(keep.sum()), "status": "ok", "reasons": []}
+            if keep.sum() < min_points:
+                rec_entry["reasons"].append(f"too_few_points: {int(keep.sum())} usable observations (need {min_points})")
+            else:
+                fit = fit_alignment(sample_bilinear(src, obs.rows[keep], obs.cols[keep]), obs.z[keep], space)
+                rec_entry["alignment"] = asdict(fit)
+                rec_entry["max_depth"] = float(obs.z[keep].max() * max_depth_factor)
+                if not fit.scale > 0:
+                    rec_entry["reasons"].append(f"non_positive_scale: {fit.scale:.4g}")
+                if fit.median_rel_error > max_median_error:
+                    rec_entry["reasons"].append(
+                        f"poor_fit: median relative error {fit.median_rel_error:.3f} at the SfM points (limit {max_median_error:g})"
+                    )
+            work.mkdir(exist_ok=True)
+            np.save(work / f"{iid}-src.npy", src.astype(np.float32))
+            np.save(work / f"{iid}-conf.npy", confidence(result))
+            records[name] = rec_entry
+        scales = {n: r["alignment"]["scale"] for n, r in records.items() if not r["reasons"]}
+        outliers, report.median_scale = flag_scale_outliers(scales, outlier_rule, scale_bounds, mad_k)
+        for n, reason in outliers.items():
+            records[n]["reasons"].append(reason)
+        depth_params: dict[str, dict[str, float]] = {}
+        clouds = []
+        for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
+            name = names_by_id[iid]
+            entry, stem = records[name], _stem(name)
+            src = np.load(work / f"{iid}-src.npy")
+            if entry["reasons"]:
+                entry["status"] = "excluded"
+                report.excluded[name] = "; ".join(entry["reasons"])
+                atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(np.zeros(src.shape, np.uint16)))
+                depth_params[stem] = {"scale": 0.0, "offset": 0.0}
+                continue
+            fit = entry["alignment"]
+            depth = apply_alignment(src, fit["scale"], fit["offset"], space, entry["max_depth"]).astype(np.float32)
+            write_colmap_depth(out / "stereo" / "depth_maps" / f"{name}.geometric.bin", depth)
+            png, scale, offset = encode_inverse_depth_png(depth)
+            atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(png))
+            depth_params[stem] = {"scale": scale, "offset": offset}
+            conf = np.load(work / f"{iid}-conf.npy")
+            save_confidence(out / "confidence" / f"{stem}.npy", conf)
+            image = rec.images[iid]
+            pose = np.eye(4)
+            pose[:3] = image.cam_from_world().matrix()
+            cloud = depth_to_pointcloud(
+                depth, intrinsics_from_colmap(rec.cameras[image.camera_id]), read_image(image_dir / name),
+                mask=conf >= fused_min_confidence, stride=fused_stride, camera_to_world=np.linalg.inv(pose),
+            )
+            clouds.append(cloud)
+            entry["valid_fraction"] = float((depth > 0).mean())
+            report.included.append(name)
+        shutil.rmtree(work, ignore_errors=True)
+        atomic_write_json(out / "sparse" / "0" / "depth_params.json", depth_params)
+        fused = merge_clouds(clouds)
+        if fused_voxel and len(fused):
+            fused = voxel_downsample(fused, fused_voxel)
+        if len(fused):
+            write_ply(out / "fused.ply", fused)
+        report.fused_points = len(fused)
+        report.seconds = time.perf_counter() - t0
+        atomic_write_json(out / "alignment.json", {
+            "workspace": str(ws.resolve()),
+            "settings": {
+                "mode": mode, "space": space, "min_track_length": min_track_length, "max_reproj_error": max_reproj_error,
+                "min_points": min_points, "max_median_error": max_median_error, "outlier_rule": outlier_rule,
+                "scale_bounds": list(scale_bounds), "mad_k": mad_k, "max_depth_factor": max_depth_factor,
+                "predictor": getattr(predictor, "name", type(predictor).__name__),
+                "refiner": getattr(refiner, "version", "unknown"),
+            },
+            "undistorted": undistorted,
+            "median_scale": report.median_scale,
+            "included": report.included,
+            "excluded": report.excluded,
+            "images": records,
+            "fused_points": report.fused_points,
+            "seconds": round(report.seconds, 2),
+        })
+        return report
+    except BaseException:
+        if created:  # the folder is ours and incomplete: leave nothing half-written
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _alignment_source(result: Any, space: Space) -> np.ndarray:

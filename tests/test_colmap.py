@@ -304,6 +304,16 @@ def test_output_never_inside_colmap_files(tmp_path, tools):
     with pytest.raises(ColmapError, match="not empty"):
         run_colmap(ws, predictor, refiner, tmp_path / "full")
 
+    class Broken:
+        name, kind, default_resolutions = "broken", predictor.kind, predictor.default_resolutions
+
+        def predict(self, image, resolution, context=None):
+            raise RuntimeError("model exploded")
+
+    with pytest.raises(Exception, match="model exploded"):
+        run_colmap(ws, Broken(), refiner, tmp_path / "failed")
+    assert not (tmp_path / "failed").exists()  # nothing half-written is left behind
+
 
 def test_scale_outlier_rules():
     scales = {"a": 1.0, "b": 1.1, "c": 0.9, "d": 1.05, "e": 7.0, "f": 0.1}

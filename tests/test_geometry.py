@@ -208,3 +208,14 @@ def test_pointcloud_refuses_relative_refine_output(tmp_path, refiner):
     with pytest.raises(RelativeDepthError, match="RELATIVE"):
         pointcloud_from_output(out, None, tmp_path / "c.ply")
     assert not (tmp_path / "c.ply").exists()
+
+
+def test_render_views_falls_back_to_the_rasterizer_when_the_renderer_cannot_finish():
+    o3d = pytest.importorskip("open3d")
+    from sddr_pipeline.geometry import render_views
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array([[0.0, 0.0, 2.0]])))
+    pcd.colors = o3d.utility.Vector3dVector(np.array([[1.0, 0.0, 0.0]]))
+    K = np.array([[10.0, 0, 4], [0, 10.0, 4], [0, 0, 1]])
+    images, methods = render_views([pcd], K, np.eye(4), 9, 9, timeout=0.01, attempts=1)
+    assert methods == ["numpy-rasterizer"] and tuple(images[0][4, 4]) == (255, 0, 0)

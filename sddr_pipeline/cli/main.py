@@ -256,9 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..pipelines.cli import add_bench_pipeline_arguments, add_pipeline_arguments, add_pseudolabel_arguments
 
+    from ..plugins import add_arguments as add_integration_arguments
+
     add_bench_pipeline_arguments(bsub)
     add_pipeline_arguments(sub)
     add_pseudolabel_arguments(sub)
+    add_integration_arguments(sub)
 
     pr = sub.add_parser("predictors", help="list registered predictor names (built-ins and entry points)")
     pr.set_defaults(func=cmd_predictors)

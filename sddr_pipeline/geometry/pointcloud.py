@@ -299,72 +299,126 @@ def rasterize_points(
     return img
 
 
-def render_offscreen(geometries: Sequence[Any], K: np.ndarray, world_to_camera: np.ndarray, height: int, width: int) -> list[np.ndarray]:
-    """Render each Open3D mesh or point cloud with one ``OffscreenRenderer`` (headless;
-    needs Vulkan or EGL, e.g. ``apt-get install libvulkan1 mesa-vulkan-drivers``).
-    Returns HxWx3 uint8 images."""
+def _geometry_arrays(geometry: Any) -> dict[str, np.ndarray]:
+    """Plain arrays of an Open3D mesh or point cloud (vertices, triangles, colours)."""
+    if hasattr(geometry, "triangles"):
+        out = {"vertices": np.asarray(geometry.vertices, dtype=np.float64),
+               "triangles": np.asarray(geometry.triangles, dtype=np.int32)}
+        if geometry.has_vertex_colors():
+            out["colors"] = np.asarray(geometry.vertex_colors, dtype=np.float64)
+        return out
+    out = {"vertices": np.asarray(geometry.points, dtype=np.float64)}
+    if geometry.has_colors():
+        out["colors"] = np.asarray(geometry.colors, dtype=np.float64)
+    return out
+
+
+def render_offscreen(arrays: dict[str, np.ndarray], K: np.ndarray, world_to_camera: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Render one mesh (``vertices``, ``triangles``, optional ``colors`` in [0, 1]) or point
+    cloud (no ``triangles``) with Open3D's ``OffscreenRenderer`` (headless; needs Vulkan or
+    EGL, e.g. ``apt-get install libvulkan1 mesa-vulkan-drivers``). HxWx3 uint8."""
     o3d = require_open3d()
     from open3d.visualization import rendering
 
+    vec3 = o3d.utility.Vector3dVector
+    if "triangles" in arrays:
+        geometry = o3d.geometry.TriangleMesh(vec3(arrays["vertices"]), o3d.utility.Vector3iVector(arrays["triangles"]))
+        if "colors" in arrays:
+            geometry.vertex_colors = vec3(np.clip(arrays["colors"], 0, 1))
+        geometry.compute_vertex_normals()
+        shader = "defaultLit"
+    else:
+        geometry = o3d.geometry.PointCloud(vec3(arrays["vertices"]))
+        if "colors" in arrays:
+            geometry.colors = vec3(np.clip(arrays["colors"], 0, 1))
+        shader = "defaultUnlit"
     renderer = rendering.OffscreenRenderer(int(width), int(height))
     renderer.scene.set_background([1.0, 1.0, 1.0, 1.0])
+    material = rendering.MaterialRecord()
+    material.shader = shader
+    material.point_size = 2.0
+    renderer.scene.add_geometry("geometry", geometry, material)
     intr = o3d.camera.PinholeCameraIntrinsic(int(width), int(height), K[0, 0], K[1, 1], K[0, 2], K[1, 2])
-    images = []
-    for geometry in geometries:
-        material = rendering.MaterialRecord()
-        is_mesh = isinstance(geometry, o3d.geometry.TriangleMesh)
-        if is_mesh and not geometry.has_vertex_normals():
-            geometry.compute_vertex_normals()
-        material.shader = "defaultLit" if is_mesh else "defaultUnlit"
-        material.point_size = 2.0
-        renderer.scene.clear_geometry()
-        renderer.scene.add_geometry("geometry", geometry, material)
-        renderer.setup_camera(intr, np.asarray(world_to_camera, dtype=np.float64))
-        images.append(np.asarray(renderer.render_to_image()).copy())
-    return images
+    renderer.setup_camera(intr, np.asarray(world_to_camera, dtype=np.float64))
+    return np.asarray(renderer.render_to_image()).copy()
 
 
-def _vertices_and_colors(geometry: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    if hasattr(geometry, "vertices"):
-        pts, has, raw = geometry.vertices, geometry.has_vertex_colors(), geometry.vertex_colors
-    else:
-        pts, has, raw = geometry.points, geometry.has_colors(), geometry.colors
-    cols = np.clip(np.rint(np.asarray(raw) * 255), 0, 255).astype(np.uint8) if has else None
-    return np.asarray(pts), cols
+def _render_worker(job: str) -> None:
+    data = dict(np.load(job))
+    shape = data.pop("shape")
+    K, w2c = data.pop("K"), data.pop("world_to_camera")
+    image = render_offscreen(data, K, w2c, int(shape[0]), int(shape[1]))
+    np.save(job + ".out.npy", image)
 
 
 def render_views(
-    geometries: Sequence[Any], K: np.ndarray, world_to_camera: np.ndarray, height: int, width: int
-) -> tuple[list[np.ndarray], str]:
-    """Pictures of Open3D geometries: the offscreen renderer, or, where it cannot start,
-    :func:`rasterize_points` of their vertices. Returns (images, method used)."""
-    try:
-        return render_offscreen(geometries, K, world_to_camera, height, width), "open3d-offscreen"
-    except (RuntimeError, OSError):
-        images = [rasterize_points(*_vertices_and_colors(g), K, world_to_camera, height, width) for g in geometries]
-        return images, "numpy-rasterizer"
+    geometries: Sequence[Any], K: np.ndarray, world_to_camera: np.ndarray, height: int, width: int,
+    timeout: float = 180.0, attempts: int = 2,
+) -> tuple[list[np.ndarray], list[str]]:
+    """Pictures of Open3D geometries (meshes lit, clouds unlit), one per geometry.
+
+    Each view is rendered by Open3D's offscreen renderer in a child process with a time
+    limit: on this machine's software Vulkan (llvmpipe) Open3D 0.20 sometimes stalls
+    forever on a mesh it renders in seconds on the next try. A view that still fails is
+    rasterised with :func:`rasterize_points`. Returns (images, method per view).
+    """
+    import multiprocessing
+    import tempfile
+
+    images, methods = [], []
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="sddr-render-") as tmp:
+        for i, geometry in enumerate(geometries):
+            arrays = _geometry_arrays(geometry)
+            job = str(Path(tmp) / f"view{i}.npz")
+            np.savez(job, K=np.asarray(K, dtype=np.float64), world_to_camera=np.asarray(world_to_camera, dtype=np.float64),
+                     shape=np.array([height, width]), **arrays)
+            image = None
+            for _ in range(attempts):
+                proc = ctx.Process(target=_render_worker, args=(job,))
+                proc.start()
+                proc.join(timeout)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                    continue
+                if proc.exitcode == 0 and Path(job + ".out.npy").is_file():
+                    image = np.load(job + ".out.npy")
+                    break
+            if image is None:
+                cols = np.clip(np.rint(arrays["colors"] * 255), 0, 255).astype(np.uint8) if "colors" in arrays else None
+                image = rasterize_points(arrays["vertices"], cols, np.asarray(K), world_to_camera, height, width)
+                methods.append("numpy-rasterizer")
+            else:
+                methods.append("open3d-offscreen")
+            images.append(image)
+    return images, methods
 
 
 # ------------------------------------------------------------------- CLI function
 
 
-def _read_manifest(folder: Path) -> dict:
+def read_refine_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no manifest.json; expected an `sddr refine` output folder")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _dataset_intrinsics(manifest: dict, name: str) -> Intrinsics:
+def open_refined_input(manifest: dict) -> Any:
+    """The dataset an ``sddr refine`` output was made from (for its intrinsics and poses)."""
     from ..data import open_dataset
 
     source = manifest.get("input")
     if not source or not Path(source).exists():
-        raise IntrinsicsError(f"no --intrinsics given and the refined input {source!r} is not available to read them from")
-    ds = open_dataset(source, layout=manifest.get("layout", "auto"))
-    if name not in ds.names:
-        raise IntrinsicsError(f"{source} has no sample {name!r} to take intrinsics from")
-    return intrinsics_from_sample(ds[ds.names.index(name)])
+        raise IntrinsicsError(f"the refined input {source!r} is not available to read intrinsics or poses from")
+    return open_dataset(source, layout=manifest.get("layout", "auto"))
+
+
+def _dataset_intrinsics(dataset: Any, name: str) -> Intrinsics:
+    if name not in dataset.names:
+        raise IntrinsicsError(f"{dataset.root} has no sample {name!r} to take intrinsics from")
+    return intrinsics_from_sample(dataset[dataset.names.index(name)])
 
 
 def load_output_depth(folder: Path, name: str) -> tuple[np.ndarray, dict]:
@@ -399,7 +453,7 @@ def pointcloud_from_output(
     from ..data import read_image
 
     folder, out = Path(input), Path(output_ply)
-    manifest = _read_manifest(folder)
+    manifest = read_refine_manifest(folder)
     done = sorted(n for n, e in manifest.get("images", {}).items() if e.get("status") == "done")
     if name is not None:
         if name not in done:
@@ -411,10 +465,11 @@ def pointcloud_from_output(
     if single and len(done) > 1:
         raise ValueError(f"{folder} holds {len(done)} images; pass name=... (--name) or an output folder instead of {out}")
     shared = load_intrinsics(intrinsics_file) if intrinsics_file is not None else None
+    dataset = open_refined_input(manifest) if shared is None else None
     report: dict[str, Any] = {"input": str(folder), "outputs": {}}
     for n in done:
         depth, entry = load_output_depth(folder, n)
-        intr = shared if shared is not None else _dataset_intrinsics(manifest, n)
+        intr = shared if shared is not None else _dataset_intrinsics(dataset, n)
         src = Path(entry.get("input", ""))
         image = read_image(src) if src.is_file() else None
         cloud = depth_to_pointcloud(depth, intr, image, stride=stride, depth_max=depth_max)

@@ -5,17 +5,13 @@ Open3D 0.20's legacy ``ScalableTSDFVolume`` returns empty geometry; the tensor
 ``VoxelBlockGrid`` is used instead. Poses are CAMERA-TO-WORLD 4x4 matrices (as in Redwood
 ``.log`` files and ``Sample.meta["pose"]``); integration takes their inverse.
 
-Demo and reference numbers on the RGB-D sample (reference surface from the exact depth,
-a second surface from SDDR-refined maps scaled with ~200 sparse metric depths per frame)::
-
-    python -m sddr_pipeline.geometry.tsdf ../shared/data/rgbd_sequence_sample out/tsdf \
-        --weights runs/quick/final --figure docs/img/tsdf_sample.png
+The RGB-D demo (:func:`evaluate_rgbd_fusion`, reference surface from the exact depth versus
+SDDR-refined maps scaled with ~200 sparse metric depths per frame) runs as
+``python -m sddr_pipeline.plugins.pointcloud ROOT OUT --weights W --figure PNG``.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +21,11 @@ import numpy as np
 
 from .intrinsics import Intrinsics, IntrinsicsError, intrinsics_from_sample, load_intrinsics
 from .pointcloud import (
-    _read_manifest,
+    read_refine_manifest,
     from_open3d,
     load_output_depth,
     metric_depth,
+    open_refined_input,
     render_views,
     require_open3d,
     resize_colors,
@@ -113,8 +110,14 @@ def fuse_tsdf(
         else:
             vbg.integrate(blocks, depth_img, Kt, extrinsic, 1.0, float(depth_max), multiplier)
     if output == "mesh":
-        return vbg.extract_triangle_mesh(weight_threshold=float(min_weight)).to_legacy()
-    return vbg.extract_point_cloud(weight_threshold=float(min_weight)).to_legacy()
+        geometry = vbg.extract_triangle_mesh(weight_threshold=float(min_weight)).to_legacy()
+        if geometry.has_vertex_colors():
+            geometry.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(geometry.vertex_colors), 0.0, 1.0))
+        return geometry
+    geometry = vbg.extract_point_cloud(weight_threshold=float(min_weight)).to_legacy()
+    if geometry.has_colors():
+        geometry.colors = o3d.utility.Vector3dVector(np.clip(np.asarray(geometry.colors), 0.0, 1.0))
+    return geometry
 
 
 # ------------------------------------------------------------- surface distances
@@ -313,7 +316,7 @@ def render_fusion_figure(
 ) -> str:
     """Write a PNG: the reference surface, the refined surface, and the refined surface
     coloured by its distance to the reference (0 to ``max_distance`` m), seen from a
-    viewpoint ``pull_back`` metres behind the given camera. Returns the render method."""
+    viewpoint ``pull_back`` metres behind the given camera. Returns the render method(s)."""
     import io as _io
 
     from PIL import Image, ImageDraw
@@ -327,7 +330,7 @@ def render_fusion_figure(
     K = intrinsics.K
     refined = evaluation.meshes["refined"]
     views = [evaluation.reference, refined, distance_colored(refined, evaluation.reference, max_distance)]
-    images, method = render_views(views, K, world_to_camera, h, w)
+    images, methods = render_views(views, K, world_to_camera, h, w)
     m = evaluation.metrics["refined"]
     captions = [
         "reference: TSDF of the exact depth",
@@ -346,7 +349,7 @@ def render_fusion_figure(
     buf = _io.BytesIO()
     canvas.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
-    return method
+    return ", ".join(sorted(set(methods)))
 
 
 # ------------------------------------------------------------------ CLI function
@@ -398,20 +401,20 @@ def fuse_from_output(
     intrinsics from ``intrinsics_file`` or that dataset. Colours from the input images.
     Writes a mesh (or, with ``pointcloud``, the TSDF's surface points) to ``output``.
     """
-    from ..data import open_dataset, read_image
+    from ..data import read_image
 
     folder = Path(input)
-    manifest = _read_manifest(folder)
+    manifest = read_refine_manifest(folder)
     names = sorted(n for n, e in manifest.get("images", {}).items() if e.get("status") == "done")
     if not names:
         raise ValueError(f"{folder}: no completed images")
     shared = load_intrinsics(intrinsics_file) if intrinsics_file is not None else None
     dataset = None
     if poses_file is None or shared is None:
-        source = manifest.get("input")
-        if not source or not Path(source).exists():
-            raise ValueError(f"the refined input {source!r} is not available: pass --poses and --intrinsics")
-        dataset = open_dataset(source, layout=manifest.get("layout", "auto"))
+        try:
+            dataset = open_refined_input(manifest)
+        except IntrinsicsError as exc:
+            raise ValueError(f"{exc}: pass --poses and --intrinsics") from None
     poses = read_poses(poses_file, names) if poses_file is not None else {}
     frames = []
     t0 = time.perf_counter()
@@ -441,49 +444,3 @@ def fuse_from_output(
         size = len(geometry.vertices)
     return {"input": str(folder), "output": str(out), "frames": len(frames), "kind": "pointcloud" if pointcloud else "mesh",
             "vertices": size, "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sddr_pipeline.geometry.tsdf ROOT OUT``: the RGB-D fusion demo."""
-    p = argparse.ArgumentParser(description="Fuse an RGB-D sequence from exact and from SDDR-refined depth; report distances.")
-    p.add_argument("root", type=Path, help="rgbd_sequence folder (color/, depth/, trajectory.log)")
-    p.add_argument("output", type=Path, help="folder for reference.ply, refined.ply, high.ply, metrics.json")
-    p.add_argument("--predictor", default="simulated", help="predictor spec (default: %(default)s)")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--weights", help="refiner weights folder or .safetensors")
-    group.add_argument("--preset", help="UNTRAINED refiner preset (e.g. sddr-small), for plumbing checks only")
-    p.add_argument("--voxel", type=float, default=0.01)
-    p.add_argument("--depth-max", type=float, default=4.0)
-    p.add_argument("--points", type=int, default=200, help="sparse metric depths per frame (default: %(default)s)")
-    p.add_argument("--low-res", type=int, default=None)
-    p.add_argument("--high-res", type=int, default=None)
-    p.add_argument("--figure", type=Path, default=None, help="write the rendered comparison PNG here")
-    args = p.parse_args(argv)
-    from ..models import Refiner
-    from ..predictors import get_predictor
-
-    refiner = Refiner.from_pretrained(args.weights) if args.weights else Refiner.from_config(args.preset)
-    predictor = get_predictor(args.predictor)
-    t0 = time.perf_counter()
-    ev = evaluate_rgbd_fusion(args.root, predictor, refiner, voxel=args.voxel, depth_max=args.depth_max,
-                              n_reference=args.points, low_res=args.low_res, high_res=args.high_res)
-    args.output.mkdir(parents=True, exist_ok=True)
-    write_mesh_ply(args.output / "reference.ply", ev.reference)
-    for key, mesh in ev.meshes.items():
-        write_mesh_ply(args.output / f"{key}.ply", mesh)
-    report = {"settings": ev.settings, "surface_distance_m": ev.metrics, "median_abs_rel_depth_error": ev.depth_errors,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    if args.figure:
-        from ..data import open_dataset
-
-        ds = open_dataset(args.root, layout="rgbd_sequence")
-        mid = ds[len(ds) // 2]
-        report["figure"] = {"path": str(args.figure),
-                            "method": render_fusion_figure(ev, mid.meta["pose"], intrinsics_from_sample(mid), args.figure)}
-    (args.output / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
