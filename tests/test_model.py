@@ -228,11 +228,12 @@ def test_small_preset_file_size(tmp_path) -> None:
     assert size <= 10 * 1024 * 1024
 
 
-def test_default_weights_are_not_bundled() -> None:
+def test_missing_default_weights_say_how_to_pass_weights(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("sddr_pipeline.models.refiner.DEFAULT_WEIGHTS_DIR", tmp_path / "gone")
     with pytest.raises(RefinerWeightsError, match="--weights PATH") as info:
         Refiner.from_pretrained("default")
     assert isinstance(info.value, FileNotFoundError)
-    assert "no default weights are bundled" in str(info.value)
+    assert "bundled default weights are missing" in str(info.value)
 
 
 def test_missing_path_and_preset_name(tmp_path) -> None:

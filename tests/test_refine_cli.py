@@ -144,7 +144,15 @@ def test_degenerate_predictions_never_give_nan(tmp_path, dataset, weights, flat_
         assert np.isfinite(m.depth).all()
 
 
-def test_default_weights_fail_with_hint(tmp_path, dataset, capsys):
+def test_default_weights_are_used_by_default(tmp_path, dataset):
+    rc = main(["refine", str(dataset), str(tmp_path / "o"), "--predictor", SIM, "--quiet"])
+    assert rc == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["refiner"]["version"].startswith("sddr-small@")
+
+
+def test_missing_default_weights_fail_with_hint(tmp_path, dataset, capsys, monkeypatch):
+    monkeypatch.setattr("sddr_pipeline.models.refiner.DEFAULT_WEIGHTS_DIR", tmp_path / "gone")
     rc = main(["refine", str(dataset), str(tmp_path / "o"), "--predictor", SIM, "--quiet"])
     assert rc == 2
     assert "--weights" in capsys.readouterr().err

@@ -20,16 +20,16 @@ from safetensors.torch import load_file, save_file
 from .config import PRESETS, RefinerConfig
 from .network import RefinerOutput, SDDRNet
 
-#: Where bundled default weights would live (a config.json + model.safetensors folder).
+#: The bundled default weights (config.json + model.safetensors + MODEL_CARD.md).
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "default"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "sddr_config"
 
 _NO_DEFAULT = (
-    "no default weights are bundled in this version yet; pass --weights PATH "
-    "(a folder with config.json + model.safetensors written by `sddr train` or "
-    "`Refiner.save_pretrained`)"
+    "the bundled default weights are missing from this installation ({path}); reinstall "
+    "sddr-pipeline, or pass --weights PATH (a folder with config.json + model.safetensors "
+    "written by `sddr train` or `Refiner.save_pretrained`)"
 )
 
 
@@ -118,14 +118,14 @@ class Refiner:
                         dtype: torch.dtype | None = None) -> "Refiner":
         """Load a folder (config.json + model.safetensors) or a single .safetensors file.
 
-        ``"default"`` means the bundled weights folder; none is bundled yet, so it raises
-        :class:`RefinerWeightsError`. Weights saved in fp16 load into an fp32 model unless
-        ``dtype`` says otherwise.
+        ``"default"`` means the bundled ``sddr-small`` weights (see their MODEL_CARD.md);
+        if they are missing it raises :class:`RefinerWeightsError`. Weights saved in fp16
+        load into an fp32 model unless ``dtype`` says otherwise.
         """
         if str(name_or_path) == "default":
             path = DEFAULT_WEIGHTS_DIR
             if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-                raise RefinerWeightsError(_NO_DEFAULT)
+                raise RefinerWeightsError(_NO_DEFAULT.format(path=path))
         else:
             path = Path(name_or_path).expanduser()
         if not path.exists():
