@@ -485,22 +485,22 @@ def s3():
         assert host == "127.0.0.1"
         options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-        fs.mkdir("bucket")
+        fs.mkdir("train-shards")
         yield SimpleNamespace(fs=fs, options=options)
     finally:
         server.stop()
 
 
 def test_s3_shards_give_the_same_examples(s3, job, rows, tmp_path):
-    write_job("s3://bucket/pl", rows, storage_options=s3.options)
+    write_job("s3://train-shards/pl", rows, storage_options=s3.options)
     local = source_of(tiny(tmp_path, job))
-    remote = source_of(tiny(tmp_path, "s3://bucket/pl", source={"storage_options": s3.options}))
+    remote = source_of(tiny(tmp_path, "s3://train-shards/pl", source={"storage_options": s3.options}))
     assert len(remote._shards[0]) == ROWS
     for index in range(6):
         assert same(local.example(index), remote.example(index))
     a, b = local.fingerprint()[0], remote.fingerprint()[0]
-    assert a.pop("root") == str(job) and b.pop("root") == "s3://bucket/pl" and a == b
-    frame = pd.read_parquet("s3://bucket/pl/shards", storage_options=s3.options, columns=["id"])
+    assert a.pop("root") == str(job) and b.pop("root") == "s3://train-shards/pl" and a == b
+    frame = pd.read_parquet("s3://train-shards/pl/shards", storage_options=s3.options, columns=["id"])
     assert list(frame["id"]) == [r["id"] for r in rows]
-    with pytest.raises(ShardSourceError, match="data source root s3://bucket/none does not exist"):
-        source_of(tiny(tmp_path, "s3://bucket/none", source={"storage_options": s3.options}))
+    with pytest.raises(ShardSourceError, match="data source root s3://train-shards/none does not exist"):
+        source_of(tiny(tmp_path, "s3://train-shards/none", source={"storage_options": s3.options}))
