@@ -242,3 +242,24 @@ def test_finished_run_is_not_retrained(straight_run):
 def test_resume_refuses_a_changed_config(straight_run):
     with pytest.raises(ValueError, match="lr"):
         train(config_from_dict(tiny(straight_run, steps=8, lr=5e-4)), progress=None)
+
+
+def test_init_starts_from_given_weights(tmp_path):
+    """``init:`` copies weights of the same architecture before step 0 (fine-tuning)."""
+    src = Refiner.from_config("sddr-small", seed=11)
+    src.save_pretrained(tmp_path / "w", dtype=torch.float32)
+    cfg = config_from_dict(tiny(tmp_path / "run", steps=1, lr=1e-12, warmup_steps=0, init=str(tmp_path / "w")))
+    assert cfg.init == str((tmp_path / "w").resolve())
+    final = Refiner.from_pretrained(train(cfg, progress=None))
+    fresh = Refiner.from_config("sddr-small", seed=3)
+    got, want, other = final.net.state_dict(), src.net.state_dict(), fresh.net.state_dict()
+    name = "head_proj.weight"
+    assert torch.allclose(got[name], want[name].half().float(), atol=1e-3)
+    assert not torch.allclose(got[name], other[name], atol=1e-3)
+
+
+def test_init_refuses_another_architecture(tmp_path):
+    Refiner.from_config("sddr-small", seed=0).save_pretrained(tmp_path / "w")
+    cfg = config_from_dict(tiny(tmp_path / "run", steps=1, warmup_steps=0, preset="sddr-paper", init=str(tmp_path / "w")))
+    with pytest.raises(ValueError, match="not a 'sddr-paper' network"):
+        train(cfg, progress=None)

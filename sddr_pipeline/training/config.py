@@ -90,7 +90,11 @@ class ValidationSettings:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs; see ``recipes/quick.yaml`` for an annotated example."""
+    """Everything a training run needs; see ``recipes/quick.yaml`` for an annotated example.
+
+    ``init``: weights to start from instead of a seeded random init (``"default"`` or a
+    weights folder/file of the same ``preset`` architecture), for fine-tuning.
+    """
 
     steps: int
     preset: str = "sddr-small"
@@ -121,6 +125,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     threads: int | None = None
+    init: str | None = None
 
     @property
     def examples(self) -> ExampleSettings:
@@ -148,6 +153,8 @@ class TrainConfig:
         for stage in out["stages"]:
             if not stage.get("relabel_shards"):
                 stage.pop("relabel_shards", None)
+        if out.get("init") is None:
+            out.pop("init", None)
         return out
 
     @classmethod
@@ -355,6 +362,9 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
             raise ConfigError(f"predictor: {exc}") from None
     if "output" in d:
         out["output"] = str(Path(_str(d["output"], "output")).expanduser().resolve())
+    if "init" in d and d["init"] is not None:
+        init = _str(d["init"], "init")
+        out["init"] = init if init == "default" else str(Path(expand_env(init, "init")).expanduser().resolve())
     if "device" in d:
         out["device"] = _str(d["device"], "device")
         if out["device"] != "auto" and out["device"].split(":")[0] not in ("cpu", "cuda", "mps"):

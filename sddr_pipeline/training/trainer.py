@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
 from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
 from ..models import Refiner, RefinerOutput
+from ..models.config import PRESETS
 from ..predictors import PredictorSpec, get_predictor
 from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
@@ -296,6 +297,26 @@ def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, op
     return int(record["step"])
 
 
+def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
+    """Copy the weights named by ``config.init`` into ``net``; returns their version.
+
+    The architecture must be the run's ``preset`` (runtime-only settings such as
+    ``max_side`` may differ); anything else is an error naming the weights.
+    """
+    src = Refiner.from_pretrained(config.init)
+    want = PRESETS[config.preset].to_dict()
+    have = src.config.to_dict()
+    runtime = {"name", "max_side", "guided_radius", "guided_eps", "drop_path_rate"}
+    differ = sorted(k for k in want if k not in runtime and want[k] != have.get(k))
+    if differ:
+        raise ValueError(
+            f"init weights {config.init} are not a {config.preset!r} network (they differ in {', '.join(differ)}); "
+            "set preset to their architecture"
+        )
+    net.load_state_dict(src.net.state_dict())
+    return src.version
+
+
 def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
                       data: list[dict[str, Any]] | None = None) -> None:
     saved = record.get("config", {})
@@ -448,6 +469,8 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         say(f"resumed from {path.name} (step {start}/{config.steps})")
     else:
         torch.manual_seed(config.seed)
+        if config.init is not None:
+            say(f"initialised from {config.init} ({load_init(net, config)})")
         if log_path.exists():
             log_path.unlink()
 
