@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
         from .refine import run_refine as run
 
         cls: type = RefinePipelineConfig
-        extra: tuple[str, ...] = ("mode", "steps", "save_predictions")
+        extra: tuple[str, ...] = ("mode", "steps", "save_predictions", "confidence")
     else:
         from .pseudolabel import run_pseudolabel as run
 
@@ -134,6 +134,8 @@ def add_pipeline_arguments(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--mode", default=None, choices=("one-stage", "two-stage"))
     r.add_argument("--steps", type=_positive_int, default=None, help="two-stage coarse-to-fine steps")
     r.add_argument("--save-predictions", action=argparse.BooleanOptionalAction, default=None, help="keep raw low/high predictions")
+    r.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill the shards' confidence column: per-pixel confidence in [0, 1] (.npy float32 HxW)")
     r.set_defaults(func=lambda args: _run(args, "refine"))
     return p
 

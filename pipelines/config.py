@@ -148,17 +148,20 @@ class PipelineConfig:
 @dataclass
 class RefinePipelineConfig(PipelineConfig):
     """:class:`PipelineConfig` plus refinement: ``mode`` (one-stage|two-stage), ``steps``
-    (two-stage), ``save_predictions`` (keep raw low/high in the shards)."""
+    (two-stage), ``save_predictions`` (keep raw low/high in the shards), ``confidence``
+    (fill the shards' per-pixel ``confidence`` column)."""
 
     mode: str = "one-stage"
     steps: int = 2
     save_predictions: bool = False
+    confidence: bool = False
 
     def validate(self) -> None:
         super().validate()
         _check(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
         _check(_is_int(self.steps) and self.steps > 0, "steps", f"must be a positive integer, got {self.steps!r}")
         _check(isinstance(self.save_predictions, bool), "save_predictions", "must be true or false")
+        _check(isinstance(self.confidence, bool), "confidence", "must be true or false")
 
 
 @dataclass

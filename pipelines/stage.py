@@ -205,26 +205,29 @@ class _ModelStage:
             torch.cuda.empty_cache()
 
 
-def _depth_fields(depth: np.ndarray) -> dict[str, Any]:
+def _depth_fields(depth: np.ndarray, confidence: np.ndarray | None = None) -> dict[str, Any]:
     depth = np.ascontiguousarray(depth, dtype=np.float32)
+    conf = None if confidence is None else encode_array(np.ascontiguousarray(confidence, dtype=np.float32))
     return {"depth": encode_array(depth), "depth_encoding": "npy", "depth_dtype": "float32",
-            "depth_shape": [int(s) for s in depth.shape], "confidence": None}
+            "depth_shape": [int(s) for s in depth.shape], "confidence": conf}
 
 
 class RefineStage(_ModelStage):
     """Refines each image (``mode`` one-stage or two-stage with ``steps``) into a
-    ``depth`` shard row; ``save_predictions`` keeps the raw low/high predictions."""
+    ``depth`` shard row; ``save_predictions`` keeps the raw low/high predictions and
+    ``confidence`` fills the ``confidence`` column (:mod:`sddr_pipeline.confidence`)."""
 
     kind = KIND_DEPTH
 
     def __init__(self, predictor: str, weights: str, *, mode: str = "one-stage", steps: int = 2,
-                 save_predictions: bool = False, **kwargs: Any) -> None:
+                 save_predictions: bool = False, confidence: bool = False, **kwargs: Any) -> None:
         super().__init__(predictor, weights, **kwargs)
         from sddr_pipeline.inference import TwoStageConfig
 
         self.mode = mode
         self.two_stage = TwoStageConfig(steps=steps) if mode == "two-stage" else None
         self.save_predictions = save_predictions
+        self.confidence = confidence
 
     def compute(self, image: np.ndarray, context) -> dict[str, Any]:
         from sddr_pipeline.inference import refine
@@ -232,7 +235,12 @@ class RefineStage(_ModelStage):
         result = refine(image, self.predictor, self.refiner, mode=self.mode, low_res=self.low_res,  # type: ignore[arg-type]
                         high_res=self.high_res, context=context, two_stage=self.two_stage, edges=False)
         scale, shift = result.alignment
-        fields = _depth_fields(result.depth)
+        conf = None
+        if self.confidence:
+            from sddr_pipeline.confidence import confidence
+
+            conf = confidence(result)
+        fields = _depth_fields(result.depth, conf)
         fields.update(scale=float(scale), shift=float(shift), scale_source=result.scale_source,
                       space=result.space, metric=bool(result.metric))
         if self.save_predictions:

@@ -22,6 +22,14 @@ refused), an ``sddr colmap`` output folder (maps in the COLMAP model's units, as
 nerfstudio's COLMAP conversion keeps them), or a mapping ``{name: HxW depth}``. When the
 poses were rescaled (instant-ngp's ``colmap2nerf.py`` does), pass that factor as
 ``depth_scale``. Maps are resized (nearest) to each frame's image size. 0 = no depth.
+
+With ``confidence`` a per-pixel WEIGHT map is written too, for a confidence-weighted
+depth loss: ``confidence/<same path>.png``, 16-bit ``round(confidence * 65535)`` (0
+wherever the depth PNG is 0), beside the depth folder; nerfstudio / instant-ngp frames
+get a ``depth_confidence_path`` key (3DGS: ``confidence/<stem>.png`` beside ``depths/``).
+The maps come from the depth source: ``confidence/<name>.npy`` of ``sddr refine
+--confidence`` or of ``sddr colmap``, or a mapping ``{name: HxW in [0, 1]}``.
+:func:`read_confidence_png` decodes them.
 """
 from __future__ import annotations
 
@@ -53,6 +61,7 @@ class NerfExportReport:
     format: str
     transforms: Path
     written: dict[str, str] = field(default_factory=dict)
+    confidence: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     out_of_range_pixels: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,11 +83,15 @@ def _strip_ext(name: str) -> str:
 
 
 class DepthSource:
-    """Depth maps by name, read lazily: ``get(frame_path) -> HxW float32 or None``."""
+    """Depth maps by name, read lazily: ``get(frame_path) -> HxW float32 or None``; their
+    confidence maps, where the source has them, by the key ``get`` returned."""
 
-    def __init__(self, loaders: dict[str, Any], origin: str) -> None:
+    def __init__(self, loaders: dict[str, Any], origin: str, confidence: dict[str, Any] | None = None,
+                 confidence_hint: str = "") -> None:
         self._loaders = loaders
+        self._confidence = confidence or {}
         self.origin = origin
+        self.confidence_hint = confidence_hint
 
     def names(self) -> list[str]:
         return sorted(self._loaders)
@@ -89,6 +102,18 @@ class DepthSource:
                 value = self._loaders[key]
                 return key, np.asarray(value() if callable(value) else value, dtype=np.float32)
         return None
+
+    def get_confidence(self, key: str) -> np.ndarray | None:
+        """The confidence map of a name ``get`` returned, as float32, or None."""
+        value = self._confidence.get(key)
+        if value is None:
+            return None
+        return np.asarray(value() if callable(value) else value, dtype=np.float32)
+
+    def with_confidence(self, maps: Mapping[str, np.ndarray]) -> DepthSource:
+        """This source with confidence maps from a mapping ``{name: HxW}`` (names with or
+        without extension)."""
+        return DepthSource(self._loaders, self.origin, {_strip_ext(k): v for k, v in maps.items()}, "the confidence mapping")
 
 
 def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSource:
@@ -119,14 +144,25 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
 
             return read
 
-        return DepthSource({n: load(n) for n in done}, "sddr-refine")
+        outputs = {n: manifest["images"][n].get("outputs", {}) for n in done}
+        conf_files = {n: root / o["confidence"] for n, o in outputs.items() if "confidence" in o}
+        return DepthSource({n: load(n) for n in done}, "sddr-refine", _npy_loaders(conf_files),
+                           f"{root}/confidence/<name>.npy listed in manifest.json; add them with "
+                           "`sddr refine ... --skip-existing --confidence`")
     if (root / "alignment.json").is_file() and (root / "stereo" / "depth_maps").is_dir():
         from sddr_pipeline.plugins.colmap import read_colmap_depth
 
         included = json.loads((root / "alignment.json").read_text(encoding="utf-8")).get("included", [])
         maps = root / "stereo" / "depth_maps"
-        return DepthSource({_strip_ext(n): (lambda p=maps / f"{n}.geometric.bin": read_colmap_depth(p)) for n in included}, "sddr-colmap")
+        conf_files = {_strip_ext(n): root / "confidence" / f"{_strip_ext(n)}.npy" for n in included}
+        return DepthSource({_strip_ext(n): (lambda p=maps / f"{n}.geometric.bin": read_colmap_depth(p)) for n in included},
+                           "sddr-colmap", _npy_loaders(conf_files), f"{root}/confidence/<stem>.npy, written by `sddr colmap`")
     raise NerfExportError(f"{root}: not an `sddr refine` output (manifest.json) nor an `sddr colmap` output (alignment.json)")
+
+
+def _npy_loaders(files: Mapping[str, Path]) -> dict[str, Callable[[], np.ndarray]]:
+    """Lazy ``np.load`` of the files that exist, by name."""
+    return {n: (lambda p=p: np.load(p, allow_pickle=False)) for n, p in files.items() if p.is_file()}
 
 
 # ------------------------------------------------------------------- encoding
@@ -153,6 +189,26 @@ def encode_gs_blender_png16(depth: np.ndarray) -> tuple[np.ndarray, int]:
     code[valid] = np.rint(GS_BLENDER_DIVISOR / d[valid])
     over = valid & (code > 65535)
     return np.clip(code, 0, 65535).astype(np.uint16), int(over.sum())
+
+
+def encode_confidence_png16(conf: np.ndarray, depth_code: np.ndarray | None = None) -> np.ndarray:
+    """uint16 ``round(confidence * 65535)`` (non-finite values 0, others clipped to
+    [0, 1]); 0 where ``depth_code`` (the frame's depth PNG) is 0, i.e. no depth."""
+    c = np.clip(np.nan_to_num(np.asarray(conf, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
+    code = np.rint(c * 65535.0).astype(np.uint16)
+    if depth_code is not None:
+        code[np.asarray(depth_code) == 0] = 0
+    return code
+
+
+def read_confidence_png(path: str | Path) -> np.ndarray:
+    """A confidence weight PNG written by :func:`export_nerf` as float32 in [0, 1]."""
+    with Image.open(path) as im:
+        mode = im.mode
+        arr = np.asarray(im)
+    if arr.ndim != 2 or not mode.startswith("I"):
+        raise NerfExportError(f"{path}: not a 16-bit single-channel confidence PNG (mode {mode})")
+    return (arr.astype(np.float64) / 65535.0).astype(np.float32)
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -192,6 +248,7 @@ def export_nerf(
     depth_scale: float = 1.0,
     depth_unit: float | None = None,
     require_all: bool = False,
+    confidence: bool | Mapping[str, np.ndarray] = False,
 ) -> NerfExportReport:
     """Write depth files and (nerfstudio / instant-ngp) a new transforms JSON; see the
     module docstring for each format.
@@ -201,6 +258,9 @@ def export_nerf(
     ``depth_unit_scale_factor`` (default 1e-3) or instant-ngp's ``integer_depth_scale``
     (default: largest depth / 65535). ``require_all``: fail when a frame has no map
     (otherwise such frames are listed in ``report.missing`` and get no depth key).
+    ``confidence``: also write a weight PNG per frame (module docstring), from the depth
+    source's confidence files (True) or a mapping ``{name: HxW in [0, 1]}``; a frame with
+    depth but no confidence map is an error naming the frame.
     """
     if format not in FORMATS:
         raise NerfExportError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -220,8 +280,14 @@ def export_nerf(
         raise NerfExportError(f"refusing to overwrite the input {tpath}; choose another output file")
     out_base = out_json.parent
     source = open_depth_source(depth_source)
+    if isinstance(confidence, Mapping):
+        source = source.with_confidence(confidence)
+    elif confidence and source.origin == "mapping":
+        raise NerfExportError("confidence=True needs confidence files in the depth source folder; "
+                              "with a depth mapping, pass the confidence maps as a mapping too")
+    want_conf = bool(confidence)
 
-    maps: list[tuple[dict, str, np.ndarray] | None] = []
+    maps: list[tuple[dict, str, np.ndarray, np.ndarray | None] | None] = []
     report = NerfExportReport(format, out_json)
     for frame in frames:
         fp = frame.get("file_path")
@@ -235,10 +301,13 @@ def export_nerf(
             maps.append(None)
             continue
         key, depth = found
+        conf = _frame_confidence(source, key, fp, depth.shape) if want_conf else None
         size = _frame_size(base, transforms, frame)
         if size is not None:
             depth = _resize_nearest(depth, *size)
-        maps.append((frame, key, depth * depth_scale))
+            if conf is not None:
+                conf = _resize_nearest(conf, *size)
+        maps.append((frame, key, depth * depth_scale, conf))
 
     if format == "3dgs":
         return _export_3dgs(maps, base, report)
@@ -247,7 +316,7 @@ def export_nerf(
         if format == "nerfstudio":
             unit = 1e-3
         else:
-            peaks = [float(d[np.isfinite(d)].max()) for _, _, d in filter(None, maps) if np.isfinite(d).any()]
+            peaks = [float(d[np.isfinite(d)].max()) for _, _, d, _ in filter(None, maps) if np.isfinite(d).any()]
             unit = (max(peaks) if peaks and max(peaks) > 0 else 1.0) / 65535.0
     if not unit > 0:
         raise NerfExportError(f"depth unit must be positive, got {unit}")
@@ -256,13 +325,18 @@ def export_nerf(
     for frame_out, item in zip(new["frames"], maps):
         if item is None:
             continue
-        _, key, depth = item
+        _, key, depth, conf = item
         code, over = encode_linear_png16(depth, unit)
         report.out_of_range_pixels += over
         rel = f"depth/{key}.png"
         atomic_write_bytes(out_base / rel, _png(code))
         frame_out[key_name] = rel
         report.written[frame_out["file_path"]] = rel
+        if conf is not None:
+            conf_rel = f"confidence/{key}.png"
+            atomic_write_bytes(out_base / conf_rel, _png(encode_confidence_png16(conf, code)))
+            frame_out["depth_confidence_path"] = conf_rel
+            report.confidence[frame_out["file_path"]] = conf_rel
     if format == "nerfstudio":
         new["depth_unit_scale_factor"] = unit
     else:
@@ -278,7 +352,7 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
     for item in maps:
         if item is None:
             continue
-        frame, _, depth = item
+        frame, _, depth, conf = item
         stem = PurePosixPath(frame["file_path"]).stem
         if stem in params:
             raise NerfExportError(
@@ -295,6 +369,10 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
         atomic_write_bytes(base / rel, _png(code))
         params[stem] = {"scale": 65536.0 / GS_BLENDER_DIVISOR, "offset": 0.0}
         report.written[frame["file_path"]] = rel
+        if conf is not None:
+            conf_rel = f"confidence/{stem}.png"
+            atomic_write_bytes(base / conf_rel, _png(encode_confidence_png16(conf, code)))
+            report.confidence[frame["file_path"]] = conf_rel
     sparse = base / "sparse" / "0"
     target = sparse / "depth_params.json" if sparse.is_dir() else base / "depth_params.json"
     atomic_write_json(target, params)
@@ -302,6 +380,18 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
     report.extra["depth_params"] = str(target)
     report.extra["max_quantisation_rel_error"] = worst
     return report
+
+
+def _frame_confidence(source: DepthSource, key: str, frame_path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The confidence map of a frame's depth ``key``; a clear error when it is missing or
+    does not match the depth map."""
+    conf = source.get_confidence(key)
+    if conf is None:
+        hint = f" (expected {source.confidence_hint})" if source.confidence_hint else ""
+        raise NerfExportError(f"no confidence map for frame {frame_path!r} (name {key!r}) in {source.origin}{hint}")
+    if conf.shape != shape:
+        raise NerfExportError(f"confidence map of frame {frame_path!r} is {conf.shape} but its depth map is {shape}")
+    return conf
 
 
 # ------------------------------------------------------------------------ CLI
@@ -317,6 +407,9 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--depth-scale", type=float, default=1.0, help="multiply depths by this (the poses' rescale factor)")
     p.add_argument("--depth-unit", type=float, default=None, help="nerfstudio depth_unit_scale_factor / instant-ngp integer_depth_scale")
     p.add_argument("--require-all", action="store_true", help="fail when a frame has no depth map")
+    p.add_argument("--confidence", action="store_true",
+                   help="also write confidence/<frame>.png weight maps (uint16 = confidence * 65535) from DEPTH's confidence/ "
+                        "(`sddr refine --confidence` or `sddr colmap`); frames get depth_confidence_path")
     p.set_defaults(func=cli)
     return p
 
@@ -325,11 +418,12 @@ def cli(args: argparse.Namespace) -> int:
     """Entry point of ``sddr nerf``."""
     try:
         report = export_nerf(args.transforms, args.depth, args.format, args.output, depth_scale=args.depth_scale,
-                             depth_unit=args.depth_unit, require_all=args.require_all)
+                             depth_unit=args.depth_unit, require_all=args.require_all, confidence=args.confidence)
     except (NerfExportError, ValueError, FileNotFoundError) as exc:
         print(f"sddr nerf: {exc}", file=sys.stderr)
         return 2
     print(f"sddr nerf: {len(report.written)} depth maps ({report.format}) -> {report.transforms}"
+          + (f"; {len(report.confidence)} confidence maps" if report.confidence else "")
           + (f"; {len(report.missing)} frames without depth" if report.missing else "")
           + (f"; {report.out_of_range_pixels} pixels out of the 16-bit range" if report.out_of_range_pixels else ""))
     return 0
@@ -342,8 +436,10 @@ __all__ = [
     "NerfExportReport",
     "add_arguments",
     "cli",
+    "encode_confidence_png16",
     "encode_gs_blender_png16",
     "encode_linear_png16",
     "export_nerf",
     "open_depth_source",
+    "read_confidence_png",
 ]

@@ -6,10 +6,12 @@ OUTPUT layout::
     depth/<name>.png      16-bit linear code (value = png * scale + offset, per image)
     preview/<name>.png    input image beside its colourised refined depth
     low/<name>.npy, high/<name>.npy   raw predictions (with save_predictions)
+    confidence/<name>.npy float32 HxW in [0, 1], per-pixel confidence (with confidence)
     manifest.json         inputs, outputs, versions, mode, units, timings, errors
 
 Every file is written under a temporary name and renamed, so nothing is ever half
-written; a resumed run (``skip_existing``) skips images the manifest lists as done.
+written; a resumed run (``skip_existing``) skips images the manifest lists as done
+(and, with ``confidence``, whose confidence file exists).
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
 MANIFEST = "manifest.json"
+CONFIDENCE_OUTPUT = (
+    "confidence/<name>.npy: float32 HxW in [0, 1] at the input's resolution, per-pixel confidence of the refined "
+    "map (sddr_pipeline.confidence, e0 = {e0:g}; usable as a depth-loss weight); written for images whose "
+    "outputs list it"
+)
 
 
 class RefineJobError(RuntimeError):
@@ -130,6 +137,7 @@ def refine_folder(
     on_error: OnError = "fail",
     skip_existing: bool = False,
     save_predictions: bool = False,
+    confidence: bool = False,
     progress: bool = True,
 ) -> JobReport:
     """Refine every image of ``input_path`` into ``output_path`` (layout in the module doc).
@@ -137,6 +145,9 @@ def refine_folder(
     With ``on_error="fail"`` the first bad image stops the job with a
     :class:`RefineJobError` naming the file and the reason; with ``"skip"`` it is recorded
     in the manifest and the rest are processed (check ``report.failed``).
+    ``confidence`` also writes ``confidence/<name>.npy``
+    (:func:`sddr_pipeline.confidence.confidence`); resuming with it re-refines done images
+    that have no confidence file yet.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -154,6 +165,10 @@ def refine_folder(
     manifest = _prepare_output(out, identity, skip_existing)
     manifest["input"] = str(src.resolve())
     manifest["layout"] = dataset.layout
+    if confidence:
+        from .confidence import DEFAULT_E0
+
+        manifest["outputs"]["confidence"] = CONFIDENCE_OUTPUT.format(e0=DEFAULT_E0)
     images: dict = manifest["images"]
     report = JobReport(out)
     t_start = time.perf_counter()
@@ -163,7 +178,7 @@ def refine_folder(
         for sample in dataset:
             name = _safe_name(sample.name)
             entry = images.get(name)
-            if skip_existing and entry and entry.get("status") == "done" and (out / entry["outputs"]["depth_npy"]).is_file():
+            if skip_existing and _is_done(out, entry, confidence):
                 report.skipped.append(name)
                 bar.update(1)
                 continue
@@ -184,7 +199,7 @@ def refine_folder(
                     edges=False,
                 )
                 stage = "write"
-                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, time.perf_counter() - t0)
+                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, confidence, t0)
                 report.done.append(name)
             except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -204,7 +219,18 @@ def refine_folder(
     return report
 
 
-def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save_predictions: bool, seconds: float) -> dict:
+def _is_done(out: Path, entry: dict | None, confidence: bool) -> bool:
+    """Whether a manifest entry's outputs are complete: depth, and the confidence file
+    when ``confidence`` is requested."""
+    if not entry or entry.get("status") != "done":
+        return False
+    outputs = entry.get("outputs", {})
+    needed = ["depth_npy"] + (["confidence"] if confidence else [])
+    return all(key in outputs and (out / outputs[key]).is_file() for key in needed)
+
+
+def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save_predictions: bool, confidence: bool,
+                   t0: float) -> dict:
     rel = {
         "depth_npy": f"depth/{name}.npy",
         "depth_png": f"depth/{name}.png",
@@ -218,6 +244,15 @@ def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save
         rel["high"] = f"high/{name}.npy"
         save_npy(out / rel["low"], result.low)
         save_npy(out / rel["high"], result.high)
+    timings = dict(result.timings)
+    if confidence:
+        from .confidence import confidence as confidence_map, save_confidence
+
+        t_conf = time.perf_counter()
+        rel["confidence"] = f"confidence/{name}.npy"
+        save_confidence(out / rel["confidence"], confidence_map(result))
+        timings["confidence"] = time.perf_counter() - t_conf
+    seconds = time.perf_counter() - t0
     return {
         "status": "done",
         "input": str(sample.image_path),
@@ -229,7 +264,7 @@ def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save
         "png16": {"scale": png["scale"], "offset": png["offset"]},
         "prediction_shapes": {"low": list(result.low.shape), "high": list(result.high.shape)},
         "outputs": rel,
-        "timings_s": {k: round(v, 4) for k, v in {**result.timings, "total": seconds}.items()},
+        "timings_s": {k: round(v, 4) for k, v in {**timings, "total": seconds}.items()},
     }
 
 

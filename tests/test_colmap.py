@@ -33,7 +33,7 @@ from sddr_pipeline.plugins.colmap import (  # noqa: E402
     sample_bilinear,
     write_colmap_depth,
 )
-from sddr_pipeline.plugins.nerf import export_nerf  # noqa: E402
+from sddr_pipeline.plugins.nerf import export_nerf, read_confidence_png  # noqa: E402
 from sddr_pipeline.predictors import get_predictor  # noqa: E402
 from sddr_pipeline.predictors.base import SampleContext  # noqa: E402
 
@@ -272,6 +272,13 @@ def test_colmap_pinhole_recovers_known_depth(tmp_path, tools):
     with Image.open(out / exported["depth_file_path"]) as im:
         mm = np.asarray(im).astype(np.float64)
     np.testing.assert_allclose(mm * 1e-3, depth, atol=5e-4 + 1e-9)
+    report_conf = export_nerf(out / "transforms.json", out, "nerfstudio", out / "weighted.json", confidence=True)
+    assert len(report_conf.confidence) == len(report.included)
+    weighted = {Path(f["file_path"]).stem: f for f in json.loads((out / "weighted.json").read_text())["frames"]}
+    weight = read_confidence_png(out / weighted["view_00"]["depth_confidence_path"])
+    ok = weight > 0
+    assert weight.shape == conf.shape and ok.mean() > 0.5
+    np.testing.assert_allclose(weight[ok], conf[ok], atol=0.5 / 65535 + 1e-7)
 
 
 def test_colmap_undistorts_simple_radial(tmp_path, tools):

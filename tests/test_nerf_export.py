@@ -13,7 +13,7 @@ from sddr_pipeline.batch import refine_folder
 from sddr_pipeline.data import write_synthetic_dataset
 from sddr_pipeline.geometry import RelativeDepthError
 from sddr_pipeline.models import Refiner
-from sddr_pipeline.plugins.nerf import NerfExportError, export_nerf
+from sddr_pipeline.plugins.nerf import NerfExportError, export_nerf, read_confidence_png
 from sddr_pipeline.predictors import get_predictor
 from test_geometry import GroundTruthMetric
 
@@ -146,3 +146,87 @@ def test_export_from_refine_outputs(tmp_path):
     assert np.median(np.abs(depth - gt) / gt) < 0.03
     with pytest.raises(RelativeDepthError):
         export_nerf(data / "transforms.json", tmp_path / "relative", "nerfstudio")
+
+
+def make_confidence(depths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {name: rng.random(d.shape, dtype=np.float32) for name, d in depths.items()}
+
+
+@pytest.mark.parametrize("fmt", ["nerfstudio", "instant-ngp"])
+def test_confidence_weight_maps_round_trip(tmp_path, fmt):
+    depths = make_capture(tmp_path / "cap", sizes=((48, 64), (96, 128), (48, 64)))
+    depths["frame_001"] = depths["frame_001"][::2, ::2].copy()  # half-size maps for a full-size image
+    conf = make_confidence(depths)
+    report = export_nerf(tmp_path / "cap" / "transforms.json", depths, fmt, confidence=conf)
+    out = json.loads((tmp_path / "cap" / "transforms_depth.json").read_text())
+    depth_key = "depth_file_path" if fmt == "nerfstudio" else "depth_path"
+    assert len(report.confidence) == 3
+    for frame in out["frames"]:
+        name = Path(frame["file_path"]).stem
+        assert frame["depth_confidence_path"] == "confidence/" + frame[depth_key].split("/", 1)[1]  # mirrors depth/
+        path = tmp_path / "cap" / frame["depth_confidence_path"]
+        weight = read_confidence_png(path)
+        assert weight.dtype == np.float32 and weight.shape == read_uint16(tmp_path / "cap" / frame[depth_key]).shape
+        np.testing.assert_allclose(read_uint16(path) / 65535, weight, atol=1e-7)  # as a trainer reads it
+        if name == "frame_001":
+            assert weight.shape == (96, 128)
+            weight = weight[::2, ::2]
+        expected = conf[name].copy()
+        expected[0, 0] = 0.0  # no depth there, so no weight
+        np.testing.assert_allclose(weight, expected, atol=0.5 / 65535 + 1e-7)
+
+
+def test_confidence_for_3dgs_and_missing_maps(tmp_path):
+    depths = make_capture(tmp_path / "cap")
+    t = tmp_path / "cap" / "transforms.json"
+    conf = make_confidence(depths)
+    report = export_nerf(t, depths, "3dgs", confidence=conf)
+    for name in depths:
+        assert report.confidence[f"images/{name}.png"] == f"confidence/{name}.png"
+        weight = read_confidence_png(tmp_path / "cap" / "confidence" / f"{name}.png")
+        assert weight.shape == depths[name].shape and weight[0, 0] == 0 and 0 <= weight.min() <= weight.max() <= 1
+        np.testing.assert_allclose(weight[1:, 1:], conf[name][1:, 1:], atol=0.5 / 65535 + 1e-7)
+    assert (tmp_path / "cap" / "depths").is_dir()
+    with pytest.raises(NerfExportError, match="no confidence map for frame 'images/frame_002.png'"):
+        export_nerf(t, depths, "nerfstudio", confidence={k: v for k, v in conf.items() if k != "frame_002"})
+    with pytest.raises(NerfExportError, match="pass the confidence maps as a mapping"):
+        export_nerf(t, depths, "nerfstudio", confidence=True)
+    with pytest.raises(NerfExportError, match="frame 'images/frame_000.png' is \\(24, 32\\)"):
+        export_nerf(t, depths, "nerfstudio", confidence={**conf, "frame_000": conf["frame_000"][::2, ::2]})
+    export_nerf(t, depths, "nerfstudio", tmp_path / "cap" / "plain.json")
+    assert "depth_confidence_path" not in json.loads((tmp_path / "cap" / "plain.json").read_text())["frames"][0]
+
+
+def test_confidence_from_refine_output(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = write_synthetic_dataset(tmp_path / "synth", count=2, height=48, width=64, seed=5)
+        report = refine_folder(data, tmp_path / "metric", GroundTruthMetric(), Refiner.from_pretrained("default"),
+                               confidence=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert report.ok
+    frames = [{"file_path": f"rgb/{n}.png", "transform_matrix": np.eye(4).tolist()} for n in report.done]
+    (data / "transforms.json").write_text(json.dumps({"frames": frames}))
+    from sddr_pipeline.plugins import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["nerf", str(data / "transforms.json"), str(tmp_path / "metric"), "--confidence"])
+    assert args.func(args) == 0
+    out = json.loads((data / "transforms_depth.json").read_text())
+    for frame, name in zip(out["frames"], report.done):
+        weight = read_confidence_png(data / frame["depth_confidence_path"])
+        conf = np.load(tmp_path / "metric" / "confidence" / f"{name}.npy")
+        depth_code = read_uint16(data / frame["depth_file_path"])
+        assert weight.shape == conf.shape == depth_code.shape == (48, 64)
+        ok = depth_code > 0
+        np.testing.assert_allclose(weight[ok], conf[ok], atol=0.5 / 65535 + 1e-7)
+        assert (weight[~ok] == 0).all()
+    (tmp_path / "metric" / "confidence" / f"{report.done[1]}.npy").unlink()
+    with pytest.raises(NerfExportError, match=f"no confidence map for frame 'rgb/{report.done[1]}.png'.*--skip-existing --confidence"):
+        export_nerf(data / "transforms.json", tmp_path / "metric", "3dgs", confidence=True)

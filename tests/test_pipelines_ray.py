@@ -28,7 +28,8 @@ from sddr_pipeline.pipelines.inputs import InputError, check_id, id_from_path, l
 from sddr_pipeline.pipelines.resources import resolve_resources
 from sddr_pipeline.pipelines.runner import PipelineError, PipelineFailed, Watchdog
 from sddr_pipeline.pipelines.stage import INPUT_SCHEMA, PseudoLabelStage, RefineStage, read_inputs
-from sddr_pipeline.shards import LayoutError, decode_array, decode_depth, decode_regions, read_errors, read_metadata, read_shards
+from sddr_pipeline.shards import (LayoutError, decode_array, decode_confidence, decode_depth, decode_regions, read_errors,
+                                  read_metadata, read_shards)
 
 SIZE = (48, 64)
 RES = {"low_res": 32, "high_res": 64}
@@ -296,6 +297,47 @@ def test_refine_stage_turns_failures_into_rows(tmp_path, weights):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(good["image"]))), pixels["good"])
 
 
+def test_refine_stage_fills_confidence_only_when_asked(tmp_path, weights):
+    from sddr_pipeline import get_predictor, refine
+    from sddr_pipeline.confidence import confidence
+    from sddr_pipeline.models import Refiner
+
+    pixels = write_images(tmp_path, ["good"])
+    batch = read_inputs(pa.table({"id": ["good"], "source": [str(tmp_path / "good.png")]}))
+    spec = write_predictor(tmp_path / "mods")
+    plain = RefineStage(spec, weights, torch_threads=1, **RES)(batch).to_pylist()[0]
+    assert plain["error_stage"] is None and plain["confidence"] is None and decode_confidence(plain) is None
+    row = RefineStage(spec, weights, torch_threads=1, confidence=True, **RES)(batch).to_pylist()[0]
+    assert row["error_stage"] is None, row["error_reason"]
+    conf = decode_confidence(row)
+    assert conf.dtype == np.float32 and conf.shape == decode_depth(row).shape == SIZE
+    assert conf.min() >= 0 and conf.max() <= 1 and conf.max() > 0
+    expected = confidence(refine(pixels["good"], get_predictor(spec), Refiner.from_pretrained(weights), edges=False, **RES))
+    assert np.allclose(conf, expected, atol=1e-4)
+
+
+def test_confidence_setting_config_cli_and_identity():
+    import argparse
+
+    from sddr_pipeline.pipelines.cli import _overrides, add_pipeline_arguments
+    from sddr_pipeline.pipelines.refine import refine_job
+
+    base = {"input": "in", "output": "out", "predictor": "simulated", "weights": "w"}
+    with pytest.raises(ConfigError, match="^confidence: must be true or false"):
+        build_config(RefinePipelineConfig, {**base, "confidence": "yes"})
+    parser = argparse.ArgumentParser(prog="sddr")
+    add_pipeline_arguments(parser.add_subparsers(dest="command", required=True))
+    argv = ["pipeline", "refine", "--input", "i", "--output", "o", "--predictor", "simulated", "--weights", "w"]
+    extra = ("mode", "steps", "save_predictions", "confidence")
+    off = load_config(RefinePipelineConfig, None, _overrides(parser.parse_args(argv), extra))
+    on = load_config(RefinePipelineConfig, None, _overrides(parser.parse_args(argv + ["--confidence"]), extra))
+    assert (off.confidence, on.confidence) == (False, True)
+    assert "confidence" not in refine_job(off).identity  # outputs made before the setting existed still resume
+    assert refine_job(on).identity["confidence"] is True and refine_job(on).stage_kwargs["confidence"] is True
+    yaml_default = load_config(RefinePipelineConfig, Path(__file__).parents[1] / "pipelines" / "configs" / "refine.yaml", base)
+    assert yaml_default.confidence is False
+
+
 def test_pseudolabel_stage_rows(tmp_path, weights):
     write_images(tmp_path, ["a"])
     batch = read_inputs(pa.table({"id": ["a"], "source": [str(tmp_path / "a.png")]}))
@@ -446,6 +488,24 @@ def test_killed_actor_loses_and_duplicates_nothing(tmp_path, weights, ray_cluste
         assert first.rows_written == len(names) and rerun.shards_written == []
     assert_exactly_once(out, set(names))
     assert read_shards(str(out)).num_rows == len(names)
+
+
+def test_refine_pipeline_confidence_column(tmp_path, weights, ray_cluster):
+    names = ["a", "b"]
+    write_images(tmp_path / "in", names)
+    spec = write_predictor(tmp_path / "mods")
+    out = tmp_path / "out"
+    cpu = {"gpus_per_actor": 0, "actors": 1, "cpus_per_actor": 0.5}
+    report, _ = run_refine(ray_cluster, tmp_path / "in", out, spec, weights, confidence=True, **cpu)
+    assert report.rows_written == 2
+    frame = pd.read_parquet(out / "shards")  # plain pandas
+    for _, row in frame.iterrows():
+        conf = decode_confidence(row)
+        assert conf.dtype == np.float32 and conf.shape == decode_depth(row).shape == SIZE
+        assert conf.min() >= 0 and conf.max() <= 1
+    assert read_metadata(str(out / "shards" / "part-00000.parquet"))["config"]["confidence"] is True
+    with pytest.raises(LayoutError, match="other settings.*confidence"):
+        run_refine(ray_cluster, tmp_path / "in", out, spec, weights, **cpu)
 
 
 def test_pseudolabel_pipeline_writes_training_shards(tmp_path, weights, ray_cluster):

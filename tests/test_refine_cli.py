@@ -164,3 +164,46 @@ def test_missing_input_and_bad_spec(tmp_path, weights, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["refine", str(tmp_path), str(tmp_path / "o"), "--predictor", "simulated:cons=9", "--weights", str(weights), "--quiet"]) == 2
     assert "cons" in capsys.readouterr().err
+
+
+def test_confidence_next_to_depth_and_resume(tmp_path, dataset, weights, capsys):
+    out = tmp_path / "conf"
+    args = ["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]
+    assert main(args) == 0
+    assert not (out / "confidence").exists()  # off by default
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "confidence" not in manifest["outputs"]
+    # resuming with --confidence redoes the images that have no confidence file yet
+    assert main(args + ["--skip-existing", "--confidence"]) == 0
+    assert "2 refined, 0 skipped" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "confidence/<name>.npy" in manifest["outputs"]["confidence"]
+    for name, entry in manifest["images"].items():
+        assert entry["outputs"]["confidence"] == f"confidence/{name}.npy"
+        conf = np.load(out / entry["outputs"]["confidence"])
+        depth = np.load(out / entry["outputs"]["depth_npy"])
+        assert conf.dtype == np.float32 and conf.shape == depth.shape == (72, 96)
+        assert conf.min() >= 0 and conf.max() <= 1 and conf.max() > 0
+        assert "confidence" in entry["timings_s"]
+    assert not list(out.rglob(".tmp-*"))
+    assert main(args + ["--skip-existing", "--confidence"]) == 0
+    assert "0 refined, 2 skipped" in capsys.readouterr().out
+    first = sorted(manifest["images"])[0]
+    (out / "confidence" / f"{first}.npy").unlink()
+    assert main(args + ["--skip-existing", "--confidence"]) == 0
+    assert "1 refined, 1 skipped" in capsys.readouterr().out
+    assert (out / "confidence" / f"{first}.npy").is_file()
+    assert main(args + ["--skip-existing"]) == 0  # without --confidence a missing file is not needed
+    assert "0 refined, 2 skipped" in capsys.readouterr().out
+
+
+def test_confidence_python_api(tmp_path, dataset):
+    from sddr_pipeline.batch import refine_folder
+    from sddr_pipeline.predictors import get_predictor
+
+    report = refine_folder(dataset, tmp_path / "o", get_predictor(SIM), Refiner.from_pretrained("default"), confidence=True,
+                           progress=False)
+    assert report.ok and len(report.done) == 2
+    for name in report.done:
+        conf = np.load(tmp_path / "o" / "confidence" / f"{name}.npy")
+        assert conf.shape == (72, 96) and 0 <= conf.min() <= conf.max() <= 1

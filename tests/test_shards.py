@@ -21,6 +21,7 @@ from sddr_pipeline.shards import (
     ShardPlan,
     StorageError,
     decode_array,
+    decode_confidence,
     decode_depth,
     decode_regions,
     encode_array,
@@ -207,3 +208,18 @@ def test_read_shards_reads_only_completed_shards(tmp_path):
 def test_parse_metadata_refuses_foreign_files():
     with pytest.raises(ShardFormatError, match="not an sddr shard"):
         parse_file_metadata({b"pandas": b"{}"})
+
+
+def test_confidence_column_decodes_and_is_checked():
+    d = sample_depth(3)
+    conf = np.random.default_rng(3).random(d.shape, dtype=np.float32)
+    row = depth_row("c", d, confidence=encode_array(conf))
+    assert np.array_equal(decode_confidence(row), conf)
+    assert decode_confidence(depth_row("n", d)) is None  # null: the run did not ask for it
+    assert decode_confidence({k: v for k, v in row.items() if k != "confidence"}) is None
+    table = pa.Table.from_pylist([row], schema=DEPTH_SCHEMA)
+    assert np.array_equal(decode_confidence(table.to_pandas().iloc[0]), conf)
+    with pytest.raises(ShardFormatError, match="row 'c': confidence must be float32"):
+        decode_confidence({**row, "confidence": encode_array(conf[:, :3])})
+    with pytest.raises(ShardFormatError, match="float32"):
+        decode_confidence({**row, "confidence": encode_array(conf.astype(np.float64))})

@@ -7,6 +7,7 @@ in :mod:`.layout`. Reading needs only pyarrow (or pandas)::
     table = read_shards("s3://bucket/run1")          # completed shards of a job
     for row in table.to_pylist():
         depth = decode_depth(row)                      # float32 HxW
+        conf = decode_confidence(row)                  # float32 HxW in [0, 1], or None
 """
 from .io import StorageError, filesystem, publish_bytes, read_metadata, retry, write_table
 from .layout import (
@@ -31,6 +32,7 @@ from .schema import (
     TRAINING_SCHEMA,
     ShardFormatError,
     decode_array,
+    decode_confidence,
     decode_depth,
     decode_regions,
     encode_array,
@@ -58,6 +60,7 @@ __all__ = [
     "StorageError",
     "TRAINING_SCHEMA",
     "decode_array",
+    "decode_confidence",
     "decode_depth",
     "decode_regions",
     "encode_array",

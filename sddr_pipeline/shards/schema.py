@@ -27,8 +27,10 @@ scale_source        string          ``predictor``, ``metric-predictor``, ``refer
                                     ``normalized`` (training shards)
 space               string          ``depth`` or ``disparity``
 metric              bool            metres (or 1/metres) when true, else relative units
-confidence          binary, null    reserved for a per-pixel confidence map (``.npy``
-                                    float32 HxW in [0, 1]); null until the refiner makes one
+confidence          binary, null    per-pixel confidence of ``depth`` (``.npy`` float32
+                                    HxW in [0, 1], :mod:`sddr_pipeline.confidence`) when the
+                                    run asked for it (``confidence``), else null;
+                                    :func:`decode_confidence` reads it
 low, high           binary, null    raw predictor outputs (``.npy`` float32) at their
                                     working resolutions, when the run saved them
 predictor           string          predictor name/version that made the row
@@ -178,6 +180,26 @@ def decode_depth(row: Mapping[str, Any] | Any) -> np.ndarray:
     if str(array.dtype) != dtype or array.shape != shape:
         raise ShardFormatError(
             f"row {_get(row, 'id')!r}: depth is {array.dtype} {array.shape} but the row says {dtype} {shape}"
+        )
+    return array
+
+
+def decode_confidence(row: Mapping[str, Any] | Any) -> np.ndarray | None:
+    """The per-pixel confidence of one shard row as float32 HxW in [0, 1], checked against
+    the row's ``depth_shape``; ``None`` when the row has none (a null cell, or a shard
+    without the column)."""
+    try:
+        data = row["confidence"]
+    except (KeyError, IndexError):
+        return None
+    if data is None or (isinstance(data, float) and np.isnan(data)):
+        return None
+    array = decode_array(data)
+    shape = tuple(int(v) for v in _get(row, "depth_shape"))
+    if array is None or array.dtype != np.float32 or array.shape != shape:
+        raise ShardFormatError(
+            f"row {_get(row, 'id')!r}: confidence must be float32 {shape} like depth, got "
+            f"{getattr(array, 'dtype', None)} {getattr(array, 'shape', None)}"
         )
     return array
 
