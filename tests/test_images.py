@@ -112,6 +112,12 @@ def test_error_is_a_value_error_naming_file_and_reason(tmp_path):
     assert "missing.png" in str(info.value) and "does not exist" in str(info.value)
 
 
+def test_error_message_keeps_a_uri_as_given():
+    # pipeline inputs are URIs: the message must name s3://bucket/..., not s3:/bucket/...
+    err = ImageReadError("s3://bucket/images/broken.jpg", "unreadable image header")
+    assert str(err) == "cannot read s3://bucket/images/broken.jpg: unreadable image header"
+
+
 def test_empty_file(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageReadError, match=r"empty\.png.*empty \(0 bytes\)"):

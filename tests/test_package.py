@@ -68,6 +68,15 @@ def test_cli_lists_predictors(capsys):
     assert "simulated" in capsys.readouterr().out.split()
 
 
+def test_cli_lists_builtin_predictors_in_a_fresh_process():
+    # this module imports sddr_pipeline.predictors (which registers the built-ins); the
+    # command must list them without that, as `sddr predictors` runs
+    code = "import sys; from sddr_pipeline.cli.main import main; sys.exit(main(['predictors']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert {"hf", "onnx", "python", "simulated", "torchscript"} <= set(out.stdout.split())
+
+
 def test_console_script_installed():
     import shutil
     from pathlib import Path

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sddr_pipeline.pipelines.config import ConfigError, RefinePipelineConfig, build_config, load_config
+from sddr_pipeline.pipelines.config import (ConfigError, PseudoLabelPipelineConfig, RefinePipelineConfig, build_config,
+                                             configs_dir, load_config)
 from sddr_pipeline.pipelines.inputs import InputError, check_id, id_from_path, list_inputs
 from sddr_pipeline.pipelines.resources import resolve_resources
 from sddr_pipeline.pipelines.runner import PipelineError, PipelineFailed, Watchdog
@@ -336,6 +337,17 @@ def test_confidence_setting_config_cli_and_identity():
     assert refine_job(on).identity["confidence"] is True and refine_job(on).stage_kwargs["confidence"] is True
     yaml_default = load_config(RefinePipelineConfig, Path(__file__).parents[1] / "pipelines" / "configs" / "refine.yaml", base)
     assert yaml_default.confidence is False
+
+
+def test_bundled_configs_work_without_a_training_run():
+    # `sddr pipeline refine --config pipelines/configs/refine.yaml --input URI --output URI` (the
+    # files' own usage lines) must not need weights that only a training run makes
+    from sddr_pipeline.models import Refiner
+
+    for cls, name in ((RefinePipelineConfig, "refine.yaml"), (PseudoLabelPipelineConfig, "pseudolabel.yaml")):
+        cfg = load_config(cls, configs_dir() / name, {"input": "in", "output": "out"})
+        assert cfg.weights == "default", name
+    assert Refiner.from_pretrained("default") is not None
 
 
 def test_pseudolabel_stage_rows(tmp_path, weights):

@@ -31,7 +31,8 @@ class ImageReadError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"cannot read {self.path}: {reason}")
+        # the name as given: Path() would fold a URI's "//" ("s3://b/k" -> "s3:/b/k")
+        super().__init__(f"cannot read {os.fspath(path)}: {reason}")
 
 
 def _check_file(path: Path) -> None:
