@@ -7,9 +7,10 @@
   = depth (default 1e-3: millimetres), per-frame ``depth_file_path``, and the top-level
   ``depth_unit_scale_factor``, in a NEW ``transforms_depth.json`` beside the input
   (``ns-train ... --data transforms_depth.json``);
-* ``instant-ngp``: the same 16-bit PNGs with per-frame ``depth_path`` and a top-level
-  ``integer_depth_scale`` (depth = value * integer_depth_scale; by default the largest
-  depth / 65535, the finest step that fits);
+* ``instant-ngp``: 16-bit PNGs ``depth_ngp/<frame path>.png`` (its own folder: the unit
+  differs from nerfstudio's, so both exports can sit side by side) with per-frame
+  ``depth_path`` and a top-level ``integer_depth_scale`` (depth = value *
+  integer_depth_scale; by default the largest depth / 65535, the finest step that fits);
 * ``3dgs``: ``depths/<stem>.png`` 16-bit INVERSE depth as the 3DGS loader for
   transforms.json scenes reads it (``1/depth = png / 512``), and ``depth_params.json``
   ``{stem: {"scale": 128, "offset": 0}}`` (the COLMAP-loader form of the same code,
@@ -25,8 +26,8 @@ poses were rescaled (instant-ngp's ``colmap2nerf.py`` does), pass that factor as
 
 With ``confidence`` a per-pixel WEIGHT map is written too, for a confidence-weighted
 depth loss: ``confidence/<same path>.png``, 16-bit ``round(confidence * 65535)`` (0
-wherever the depth PNG is 0), beside the depth folder; nerfstudio / instant-ngp frames
-get a ``depth_confidence_path`` key (3DGS: ``confidence/<stem>.png`` beside ``depths/``).
+wherever the depth PNG is 0), beside the depth folder (instant-ngp:
+``confidence_ngp/``); nerfstudio / instant-ngp frames get a ``depth_confidence_path`` key (3DGS: ``confidence/<stem>.png`` beside ``depths/``).
 The maps come from the depth source: ``confidence/<name>.npy`` of ``sddr refine
 --confidence`` or of ``sddr colmap``, or a mapping ``{name: HxW in [0, 1]}``.
 :func:`read_confidence_png` decodes them.
@@ -322,18 +323,19 @@ def export_nerf(
         raise NerfExportError(f"depth unit must be positive, got {unit}")
     new = json.loads(json.dumps(transforms))
     key_name = "depth_file_path" if format == "nerfstudio" else "depth_path"
+    depth_dir, conf_dir = ("depth", "confidence") if format == "nerfstudio" else ("depth_ngp", "confidence_ngp")
     for frame_out, item in zip(new["frames"], maps):
         if item is None:
             continue
         _, key, depth, conf = item
         code, over = encode_linear_png16(depth, unit)
         report.out_of_range_pixels += over
-        rel = f"depth/{key}.png"
+        rel = f"{depth_dir}/{key}.png"
         atomic_write_bytes(out_base / rel, _png(code))
         frame_out[key_name] = rel
         report.written[frame_out["file_path"]] = rel
         if conf is not None:
-            conf_rel = f"confidence/{key}.png"
+            conf_rel = f"{conf_dir}/{key}.png"
             atomic_write_bytes(out_base / conf_rel, _png(encode_confidence_png16(conf, code)))
             frame_out["depth_confidence_path"] = conf_rel
             report.confidence[frame_out["file_path"]] = conf_rel

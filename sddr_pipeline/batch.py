@@ -16,6 +16,7 @@ written; a resumed run (``skip_existing``) skips images the manifest lists as do
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,8 +69,9 @@ def _safe_name(name: str) -> str:
     return name
 
 
-def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None, two: TwoStageConfig | None) -> dict:
-    return {
+def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None,
+                  two: TwoStageConfig | None, scale_points: int | None = None) -> dict:
+    identity = {
         "predictor": {
             "spec": predictor_spec,
             "name": getattr(predictor, "name", type(predictor).__name__),
@@ -81,6 +83,9 @@ def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str,
         "resolutions": {"low": low, "high": high},
         "two_stage": asdict(two) if (mode == "two-stage" and two is not None) else None,
     }
+    if scale_points:
+        identity["scale_points"] = scale_points
+    return identity
 
 
 def _prepare_output(output: Path, identity: dict, skip_existing: bool) -> dict:
@@ -138,6 +143,7 @@ def refine_folder(
     skip_existing: bool = False,
     save_predictions: bool = False,
     confidence: bool = False,
+    scale_points: int | None = None,
     progress: bool = True,
 ) -> JobReport:
     """Refine every image of ``input_path`` into ``output_path`` (layout in the module doc).
@@ -147,8 +153,13 @@ def refine_folder(
     in the manifest and the rest are processed (check ``report.failed``).
     ``confidence`` also writes ``confidence/<name>.npy``
     (:func:`sddr_pipeline.confidence.confidence`); resuming with it re-refines done images
-    that have no confidence file yet.
+    that have no confidence file yet. ``scale_points=N`` makes every map METRIC from N
+    random valid pixels of the sample's own metric depth (an RGB-D or LiDAR frame with
+    holes; a stand-in for SfM points), as :class:`~sddr_pipeline.inference.ScaleReference`;
+    an image without metric depth is an error naming it.
     """
+    if scale_points is not None and scale_points < 3:
+        raise ValueError(f"scale_points must be at least 3, got {scale_points}")
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     src, out = Path(input_path), Path(output_path)
@@ -161,7 +172,7 @@ def refine_folder(
     if len(dataset) == 0:
         raise RefineJobError(f"input {src} holds no images")
     two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
-    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage)
+    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage, scale_points)
     manifest = _prepare_output(out, identity, skip_existing)
     manifest["input"] = str(src.resolve())
     manifest["layout"] = dataset.layout
@@ -186,6 +197,7 @@ def refine_folder(
             stage = "read"
             try:
                 image = sample.image()
+                reference = _scale_reference(sample, scale_points) if scale_points else None
                 stage = "refine"
                 result = refine(
                     image,
@@ -196,6 +208,7 @@ def refine_folder(
                     high_res=high_res,
                     context=sample.context(),
                     two_stage=two_stage,
+                    scale_reference=reference,
                     edges=False,
                 )
                 stage = "write"
@@ -217,6 +230,17 @@ def refine_folder(
         report.seconds = time.perf_counter() - t_start
         _save_manifest(out, manifest, report, t_start)
     return report
+
+
+def _scale_reference(sample, n: int):
+    """``n`` seeded random valid pixels of the sample's metric depth as a scale reference."""
+    from .geometry.tsdf import sparse_reference
+
+    if sample.gt is None or sample.gt_kind != "depth":
+        what = "no depth map" if sample.gt is None else f"{sample.gt_kind} ground truth, not metric depth"
+        raise ValueError(f"--scale-points needs the image's metric depth, but {sample.name} has {what}")
+    seed = int.from_bytes(hashlib.sha256(sample.name.encode()).digest()[:4], "little")
+    return sparse_reference(np.asarray(sample.gt, dtype=np.float64), n, seed=seed)
 
 
 def _is_done(out: Path, entry: dict | None, confidence: bool) -> bool:

@@ -37,11 +37,14 @@ def test_sanitize_fills_nonfinite_with_median_of_finite():
     assert sanitize(np.full((2, 2), np.nan)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
 
 
-def test_to_disparity_like_inverts_depth_with_floor():
+def test_to_disparity_like_inverts_depth_and_fills_holes_from_neighbours():
     d = np.array([[2.0, 4.0], [0.0, -1.0]], dtype=np.float32)
     out = to_disparity_like(d, OutputKind("depth", True))
     assert out[0, 0] == pytest.approx(0.5) and out[0, 1] == pytest.approx(0.25)
-    assert np.isfinite(out).all() and out[1, 0] == pytest.approx(1 / (4.0 * 1e-3))
+    assert out[1, 0] == pytest.approx(0.5) and out[1, 1] == pytest.approx(0.25)  # holes: nearest positive depth
+    tiny = np.array([[1000.0, 1e-9]], dtype=np.float32)
+    assert to_disparity_like(tiny, OutputKind("depth", True))[0, 1] == pytest.approx(1 / (1000.0 * 1e-3))
+    assert not to_disparity_like(np.zeros((2, 2), np.float32), OutputKind("depth", True)).any()
     same = to_disparity_like(d, OutputKind("disparity", False))
     assert np.array_equal(same, d)
 

@@ -164,7 +164,8 @@ def test_confidence_weight_maps_round_trip(tmp_path, fmt):
     assert len(report.confidence) == 3
     for frame in out["frames"]:
         name = Path(frame["file_path"]).stem
-        assert frame["depth_confidence_path"] == "confidence/" + frame[depth_key].split("/", 1)[1]  # mirrors depth/
+        conf_dir = "confidence" if fmt == "nerfstudio" else "confidence_ngp"
+        assert frame["depth_confidence_path"] == f"{conf_dir}/" + frame[depth_key].split("/", 1)[1]  # mirrors depth
         path = tmp_path / "cap" / frame["depth_confidence_path"]
         weight = read_confidence_png(path)
         assert weight.dtype == np.float32 and weight.shape == read_uint16(tmp_path / "cap" / frame[depth_key]).shape

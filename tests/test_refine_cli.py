@@ -207,3 +207,28 @@ def test_confidence_python_api(tmp_path, dataset):
     for name in report.done:
         conf = np.load(tmp_path / "o" / "confidence" / f"{name}.npy")
         assert conf.shape == (72, 96) and 0 <= conf.min() <= conf.max() <= 1
+
+
+def test_scale_points_make_metric_maps_from_sensor_depth(tmp_path, shared_data, capsys):
+    """--scale-points: metric maps from sparse pixels of each frame's own depth (the RGB-D
+    sample's exact depth here), close to that depth everywhere else too."""
+    from sddr_pipeline.data import open_dataset
+
+    out = tmp_path / "rgbd"
+    src = shared_data / "rgbd_sequence_sample"
+    assert main(["refine", str(src), str(out), "--predictor", "simulated", "--scale-points", "300", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scale_points"] == 300
+    for sample in list(open_dataset(src))[:2]:
+        entry = next(e for e in manifest["images"].values() if e["input"] == str(sample.image_path))
+        assert entry["metric"] is True and entry["scale_source"] == "reference"
+        depth = np.load(out / entry["outputs"]["depth_npy"])
+        valid = sample.gt > 0
+        assert np.median(np.abs(depth[valid] - sample.gt[valid]) / sample.gt[valid]) < 0.03
+
+
+def test_scale_points_refuse_images_without_metric_depth(tmp_path, images_folder, weights, flat_predictor, capsys):
+    code = main(["refine", str(images_folder), str(tmp_path / "o"), "--predictor", f"{flat_predictor}:smooth",
+                 "--weights", str(weights), "--scale-points", "50", "--quiet"])
+    assert code != 0
+    assert "--scale-points needs the image's metric depth" in capsys.readouterr().err

@@ -74,6 +74,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             skip_existing=args.skip_existing,
             save_predictions=args.save_predictions,
             confidence=args.confidence,
+            scale_points=args.scale_points,
             progress=not args.quiet,
         )
     except RefineJobError as exc:
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-error", choices=("skip", "fail"), default="fail", help="what a bad image does (default: %(default)s)")
     r.add_argument("--skip-existing", action="store_true", help="resume: reuse OUTPUT and skip images already done")
     r.add_argument("--save-predictions", action="store_true", help="also write raw low/high predictions as low/<name>.npy, high/<name>.npy")
+    r.add_argument("--scale-points", type=_positive_int, default=None, metavar="N",
+                   help="make maps metric from N random valid pixels of each image's own metric depth "
+                        "(RGB-D / LiDAR frames with holes), e.g. for sddr pointcloud/fuse")
     r.add_argument("--confidence", action="store_true",
                    help="also write confidence/<name>.npy: per-pixel confidence in [0, 1], usable as a depth-loss weight")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
 from ..predictors.base import OutputKind
 
@@ -29,13 +30,21 @@ def sanitize(pred: np.ndarray) -> np.ndarray:
 def to_disparity_like(pred: np.ndarray, kind: OutputKind) -> np.ndarray:
     """Map a sanitised prediction to a disparity-like map (larger = nearer).
 
-    Depth maps are inverted after clipping to a small positive floor (1e-3 of their
-    largest value), so zeros and negative depths cannot produce inf.
+    In a depth map, 0 and negative values mean "no depth" (sensor holes, masked sky):
+    they take the depth of the nearest positive pixel, so a hole cannot become a huge
+    disparity that dominates normalisation. Depths are then inverted above a small floor
+    (1e-3 of their largest value); a map with no positive pixel becomes all zeros.
     """
     arr = np.asarray(pred, dtype=np.float32)
     if kind.space == "disparity":
         return arr
-    peak = float(arr.max()) if arr.size else 0.0
+    positive = arr > 0
+    if not positive.any():
+        return np.zeros_like(arr)
+    if not positive.all():
+        index = distance_transform_edt(~positive, return_distances=False, return_indices=True)
+        arr = arr[tuple(index)]
+    peak = float(arr.max())
     floor = max(peak * 1e-3, 1e-6)
     return (1.0 / np.maximum(arr, floor)).astype(np.float32)
 
