@@ -548,8 +548,8 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
     init, last = summary.get("validation_init"), summary.get("validation_final")
     if init and last:
         say(
-            f"validation AbsRel on {config.validation.scenes} held-out scenes: random init "
-            f"{init['absrel_refined']:.4f} -> trained {last['absrel_refined']:.4f} (LOW input {last['absrel_low']:.4f}); "
+            f"validation AbsRel on {config.validation.scenes} held-out scenes: "
+            f"{'random init' if config.init is None else 'init ' + config.init} {init['absrel_refined']:.4f} -> trained {last['absrel_refined']:.4f} (LOW input {last['absrel_low']:.4f}); "
             f"at depth edges {init['absrel_edges_refined']:.4f} -> {last['absrel_edges_refined']:.4f} "
             f"(LOW {last['absrel_edges_low']:.4f})"
         )
