@@ -1,4 +1,4 @@
-"""Integrations (COLMAP, NeRF/3DGS export, point clouds), installed as ``sddr_pipeline.plugins``.
+"""Integrations (COLMAP, NeRF/3DGS export, point clouds, a sample capture builder), installed as ``sddr_pipeline.plugins``.
 
 Each integration registers itself in :data:`sddr_pipeline.registry.INTEGRATIONS` as a
 ``"module:function"`` string, so nothing heavy (open3d, pycolmap) is imported until it is
@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "fuse": "sddr_pipeline.geometry.tsdf:fuse_from_output",
     "colmap": "sddr_pipeline.plugins.colmap:run_colmap",
     "nerf": "sddr_pipeline.plugins.nerf:export_nerf",
+    "capture-sample": "sddr_pipeline.plugins.capture:build_capture",
 }
 """Integration name -> the Python function behind it."""
 
@@ -24,6 +25,7 @@ CLI_MODULES: tuple[str, ...] = (
     "sddr_pipeline.plugins.pointcloud",
     "sddr_pipeline.plugins.colmap",
     "sddr_pipeline.plugins.nerf",
+    "sddr_pipeline.plugins.capture",
 )
 """Modules whose ``add_arguments(subparsers)`` adds ``sddr`` sub-commands."""
 
@@ -33,7 +35,7 @@ for _name, _target in BUILTIN.items():
 
 
 def add_arguments(subparsers: Any) -> None:
-    """Add ``sddr pointcloud``, ``fuse``, ``colmap`` and ``nerf`` to an argparse
+    """Add ``sddr pointcloud``, ``fuse``, ``colmap``, ``nerf`` and ``capture-sample`` to an argparse
     sub-parser set; each sets ``func`` to its entry point (``func(args) -> int``)."""
     for module in CLI_MODULES:
         import_module(module).add_arguments(subparsers)

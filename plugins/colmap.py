@@ -34,6 +34,10 @@ OUTPUT (a new folder, ``WORKSPACE/sddr`` by default; COLMAP's own files are neve
     fused.ply                       coloured points of all included maps, world frame
 
 Depth is in the reconstruction's units (metric only if the SfM model is).
+
+``GroundTruthDepth(DIR)`` (``sddr colmap --gt-depth DIR``) is a ``context_fn`` handing each
+image its ground-truth depth, for the ``simulated`` predictor and benchmarks only (e.g. the
+``gt_depth/`` folder of ``sddr capture-sample``).
 """
 from __future__ import annotations
 
@@ -538,6 +542,96 @@ def run_colmap(
         raise
 
 
+class GroundTruthDepth:
+    """A ``context_fn`` for :func:`run_colmap` that hands each image its ground-truth depth
+    from a folder: ``FOLDER/<image name without extension>.png`` (uint16, millimetres ->
+    metres; 0 = invalid) or ``.npy`` (float depth), falling back to the bare stem
+    (``FOLDER/<stem>.png|.npy``) for names in sub-folders.
+
+    FOR SIMULATED / BENCHMARK USE ONLY: the ``simulated`` predictor builds its "prediction"
+    from this depth (the paper's noise model applied to ground truth). A real capture has
+    no such depth; real predictors ignore it. The maps must have the images' size, so the
+    model's cameras must be SIMPLE_PINHOLE/PINHOLE (undistorted images would not match).
+    """
+
+    EXTENSIONS = (".png", ".npy")
+
+    def __init__(self, folder: str | Path, png_scale: float = 1e-3) -> None:
+        self.folder = Path(folder)
+        self.png_scale = png_scale
+        if not self.folder.is_dir():
+            raise ColmapError(f"ground-truth depth folder {self.folder} does not exist")
+
+    def candidates(self, name: str) -> list[Path]:
+        stems = [_stem(name)]
+        if PurePosixPath(name).stem != stems[0]:
+            stems.append(PurePosixPath(name).stem)
+        return [self.folder / f"{s}{ext}" for s in stems for ext in self.EXTENSIONS]
+
+    def path_for(self, name: str) -> Path:
+        for path in self.candidates(name):
+            if path.is_file():
+                return path
+        tried = ", ".join(str(p) for p in self.candidates(name))
+        raise ColmapError(f"no ground-truth depth for image {name!r} (tried {tried})")
+
+    def load(self, name: str) -> np.ndarray:
+        """The depth of image ``name`` as float32 HxW (0 = invalid)."""
+        from sddr_pipeline.data import read_depth_png16
+
+        path = self.path_for(name)
+        try:
+            if path.suffix == ".npy":
+                depth = np.load(path, allow_pickle=False).astype(np.float32)
+            else:
+                depth = (read_depth_png16(path).astype(np.float64) * self.png_scale).astype(np.float32)
+        except Exception as exc:  # a broken file: name it
+            raise ColmapError(f"cannot read ground-truth depth {path} for image {name!r}: {exc}") from exc
+        if depth.ndim != 2:
+            raise ColmapError(f"ground-truth depth {path} for image {name!r} is not a 2-D map (shape {depth.shape})")
+        depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+        return depth
+
+    def check_workspace(self, workspace: str | Path) -> None:
+        """Fail early (before any refinement) when the model's cameras are not pinhole or a
+        registered image has no ground-truth file. A workspace without a model is left to
+        :func:`run_colmap`, which says so."""
+        sparse = Path(workspace) / "sparse" / "0"
+        if not (sparse / "cameras.bin").is_file() and not (sparse / "cameras.txt").is_file():
+            return
+        rec = require_pycolmap().Reconstruction(str(sparse))
+        distorted = sorted({c.model.name for c in rec.cameras.values() if c.model.name not in PINHOLE_MODELS})
+        if distorted:
+            raise ColmapError(
+                f"ground-truth depth needs SIMPLE_PINHOLE/PINHOLE cameras, but the model has {', '.join(distorted)}: "
+                "its images are undistorted (resampled and cropped) before refinement, so the depth maps would not match"
+            )
+        missing = []
+        for iid in rec.reg_image_ids():
+            name = rec.images[iid].name
+            if not any(p.is_file() for p in self.candidates(name)):
+                missing.append(name)
+        if missing:
+            missing.sort()
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ColmapError(
+                f"no ground-truth depth in {self.folder} for image(s) {', '.join(repr(m) for m in missing[:3])}{more} "
+                f"(expected e.g. {self.candidates(missing[0])[0]} or .npy)"
+            )
+
+    def __call__(self, view: ColmapView) -> Any:
+        from sddr_pipeline.predictors.base import SampleContext
+
+        depth = self.load(view.name)
+        h, w = view.image.shape[:2]
+        if depth.shape != (h, w):
+            raise ColmapError(
+                f"ground-truth depth {self.path_for(view.name)} is {depth.shape[1]}x{depth.shape[0]} but image "
+                f"{view.name!r} is {w}x{h}"
+            )
+        return SampleContext(name=view.name, gt=depth, gt_kind="depth", intrinsics=view.intrinsics.K)
+
+
 def _alignment_source(result: Any, space: Space) -> np.ndarray:
     """The map the SfM fit is made on: the refined disparity-like map for ``inverse``; the
     refined map in depth polarity for ``depth``."""
@@ -574,6 +668,10 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--high-res", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--fused-voxel", type=float, default=None, help="voxel size for fused.ply (model units)")
+    p.add_argument("--gt-depth", type=Path, default=None, metavar="DIR",
+                   help="SIMULATED/BENCHMARK USE ONLY: ground-truth depth per image, DIR/<image stem>.png (uint16 mm) "
+                        "or .npy (metres), handed to the predictor (what the `simulated` predictor needs; real "
+                        "predictors ignore it); e.g. the gt_depth/ folder of `sddr capture-sample`")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cli)
     return p
@@ -586,6 +684,10 @@ def cli(args: argparse.Namespace) -> int:
     from sddr_pipeline.predictors import PredictorError, get_predictor
 
     try:
+        context_fn = None
+        if args.gt_depth is not None:
+            context_fn = GroundTruthDepth(args.gt_depth)
+            context_fn.check_workspace(args.workspace)
         device = resolve_device(args.device)
         refiner = Refiner.from_pretrained(args.weights, device=device)
         predictor = get_predictor(args.predictor, device=device)
@@ -593,7 +695,7 @@ def cli(args: argparse.Namespace) -> int:
             args.workspace, predictor, refiner, args.output, mode=args.mode, space=args.space,
             min_track_length=args.min_track_length, max_reproj_error=args.max_reproj_error, min_points=args.min_points,
             max_median_error=args.max_median_error, outlier_rule=args.outlier_rule, low_res=args.low_res,
-            high_res=args.high_res, images_path=args.images, fused_voxel=args.fused_voxel,
+            high_res=args.high_res, images_path=args.images, fused_voxel=args.fused_voxel, context_fn=context_fn,
             progress=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
         )
     except (ColmapError, RefinerWeightsError, PredictorError, ImportError, FileNotFoundError, ValueError) as exc:
@@ -611,6 +713,7 @@ __all__ = [
     "ColmapError",
     "ColmapReport",
     "ColmapView",
+    "GroundTruthDepth",
     "Observations",
     "add_arguments",
     "apply_alignment",

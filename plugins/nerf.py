@@ -27,7 +27,7 @@ poses were rescaled (instant-ngp's ``colmap2nerf.py`` does), pass that factor as
 With ``confidence`` a per-pixel WEIGHT map is written too, for a confidence-weighted
 depth loss: ``confidence/<same path>.png``, 16-bit ``round(confidence * 65535)`` (0
 wherever the depth PNG is 0), beside the depth folder (instant-ngp:
-``confidence_ngp/``); nerfstudio / instant-ngp frames get a ``depth_confidence_path`` key (3DGS: ``confidence/<stem>.png`` beside ``depths/``).
+``confidence_ngp/``); nerfstudio / instant-ngp frames get a ``depth_confidence_path`` key (3DGS: ``depths_confidence/<stem>.png`` beside ``depths/``).
 The maps come from the depth source: ``confidence/<name>.npy`` of ``sddr refine
 --confidence`` or of ``sddr colmap``, or a mapping ``{name: HxW in [0, 1]}``.
 :func:`read_confidence_png` decodes them.
@@ -372,7 +372,7 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
         params[stem] = {"scale": 65536.0 / GS_BLENDER_DIVISOR, "offset": 0.0}
         report.written[frame["file_path"]] = rel
         if conf is not None:
-            conf_rel = f"confidence/{stem}.png"
+            conf_rel = f"depths_confidence/{stem}.png"
             atomic_write_bytes(base / conf_rel, _png(encode_confidence_png16(conf, code)))
             report.confidence[frame["file_path"]] = conf_rel
     sparse = base / "sparse" / "0"

@@ -62,7 +62,16 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--no-two-stage", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="also write both tables (results, checks) as markdown here; or pass --from-json to only convert")
+    p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
     args = p.parse_args()
+    if args.from_json is not None:
+        if args.markdown is None:
+            p.error("--from-json needs --markdown")
+        data = json.loads(args.from_json.read_text())
+        args.markdown.write_text(markdown(data["refiner"], data["results"]))
+        return 0
     torch.set_num_threads(args.threads)
     refiner = Refiner.from_pretrained(args.weights)
     results = []
@@ -83,7 +92,43 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"refiner": refiner.version, "results": results}, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(refiner.version, results))
     return 0
+
+
+CHECK_LABELS = {
+    "d3r<=0.7low": "one-stage D3R <= 0.7x low",
+    "d3r<baselines": "D3R < both baselines",
+    "ord<low,high": "ORD < low and high",
+    "dbe_comp<low": "DBE_comp < low",
+    "delta1>=low-0.005": "delta1 >= low - 0.005",
+    "two:d3r<one": "two-stage D3R < one-stage",
+    "two:dbe_comp<one": "two-stage DBE_comp < one-stage",
+}
+
+
+def _noise(spec: str) -> str:
+    opts = dict(kv.split("=") for kv in spec.split(":", 1)[1].split(","))
+    return f"{opts['cons']}/{opts['edge']}/{opts['texture']}, {opts['seed']}"
+
+
+def markdown(version: str, results: list[dict]) -> str:
+    """The results table (one row per method) and the checks table (one row per run)."""
+    lines = [f"Refiner `{version}`. Means over each dataset's images; lower is better except delta1 and BF1.", "",
+             "| dataset | noise (cons/edge/texture, seed) | method | " + " | ".join(KEYS) + " |",
+             "|---|---|---|" + "---|" * len(KEYS)]
+    for r in results:
+        for name, vals in r["methods"].items():
+            cells = " | ".join("-" if vals[k] is None else f"{vals[k]:.4f}" for k in KEYS)
+            lines.append(f"| {r['dataset']} | {_noise(r['spec'])} | {name} | {cells} |")
+    lines += ["", "| dataset | noise | " + " | ".join(CHECK_LABELS.values()) + " |",
+              "|---|---|" + "---|" * len(CHECK_LABELS)]
+    for r in results:
+        c = r["checks"]
+        cells = " | ".join({True: "yes", False: "**no**", None: "-"}[c.get(k)] for k in CHECK_LABELS)
+        lines.append(f"| {r['dataset']} | {_noise(r['spec'])} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

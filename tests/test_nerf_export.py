@@ -184,8 +184,8 @@ def test_confidence_for_3dgs_and_missing_maps(tmp_path):
     conf = make_confidence(depths)
     report = export_nerf(t, depths, "3dgs", confidence=conf)
     for name in depths:
-        assert report.confidence[f"images/{name}.png"] == f"confidence/{name}.png"
-        weight = read_confidence_png(tmp_path / "cap" / "confidence" / f"{name}.png")
+        assert report.confidence[f"images/{name}.png"] == f"depths_confidence/{name}.png"
+        weight = read_confidence_png(tmp_path / "cap" / "depths_confidence" / f"{name}.png")
         assert weight.shape == depths[name].shape and weight[0, 0] == 0 and 0 <= weight.min() <= weight.max() <= 1
         np.testing.assert_allclose(weight[1:, 1:], conf[name][1:, 1:], atol=0.5 / 65535 + 1e-7)
     assert (tmp_path / "cap" / "depths").is_dir()
