@@ -40,8 +40,9 @@ import torch
 from scipy.ndimage import maximum_filter, minimum_filter
 
 from .inference.alignment import align_robust
-from .inference.normalize import as_map_tensor, resize, sanitize
+from .inference.normalize import as_map_tensor, resize, sanitize, to_disparity_like
 from .inference.result import RefineResult
+from .predictors.base import OutputKind
 
 DEFAULT_E0 = 0.05
 HIGH_WEIGHT = 0.25
@@ -51,11 +52,8 @@ _FIT_SAMPLES = 20_000
 
 
 def _to_disparity_like(pred: np.ndarray, space: str) -> np.ndarray:
-    arr = sanitize(pred).astype(np.float64)
-    if space == "disparity":
-        return arr
-    floor = max(float(arr.max()) * 1e-3, 1e-6)
-    return 1.0 / np.maximum(arr, floor)
+    """A raw prediction made disparity-like exactly as inference does (float64)."""
+    return to_disparity_like(sanitize(pred), OutputKind(space, False)).astype(np.float64)
 
 
 def _full(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
