@@ -28,6 +28,7 @@ import numpy as np
 from . import __version__
 from .data import ImageReadError, open_dataset
 from .inference import TwoStageConfig, refine
+from .inference.range_clamp import RANGE_CLAMP
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
 from .predictors.base import Predictor, PredictorError
@@ -83,6 +84,8 @@ def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str,
         "resolutions": {"low": low, "high": high},
         "two_stage": asdict(two) if (mode == "two-stage" and two is not None) else None,
     }
+    if mode != "two-stage":
+        identity["range_clamp"] = RANGE_CLAMP
     if scale_points:
         identity["scale_points"] = scale_points
     return identity

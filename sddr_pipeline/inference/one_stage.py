@@ -11,6 +11,7 @@ from ..predictors.base import OutputKind, Predictor, PredictorError, SampleConte
 from .alignment import align_least_squares, align_robust
 from .edges import edge_map
 from .normalize import from_disparity_like, minmax_normalize, prepare_prediction_batch, resize
+from .range_clamp import RANGE_CLAMP, clamp_radius, clamp_to_local_range
 from .result import RefineResult, ScaleReference
 
 DEFAULT_LOW_RES = 384
@@ -39,12 +40,16 @@ class RefinedMaps:
     high_disp: torch.Tensor  # 1x1xHxW, predictor units (disparity-like), refinement size
 
 
-def refine_predictions(low: np.ndarray, high: np.ndarray, kind: OutputKind, refiner) -> RefinedMaps:
+def refine_predictions(
+    low: np.ndarray, high: np.ndarray, kind: OutputKind, refiner, range_clamp: float = RANGE_CLAMP
+) -> RefinedMaps:
     """Run the refiner on two raw predictions of one image.
 
     Both are made disparity-like, resized to the HIGH prediction's size (the refinement
     working size), min-max normalised independently (as the network was trained) and
-    refined. Pure computation: no predictor, no I/O.
+    refined. The result is then clamped to the local range of the LOW map (least-squares
+    aligned to it) within ``range_clamp`` x the long side (:mod:`.range_clamp`; 0 keeps
+    the raw network output). Pure computation: no predictor, no I/O.
     """
     device = refiner.device
     low_d, high_d = prepare_prediction_batch([low, high], kind, device)
@@ -52,7 +57,12 @@ def refine_predictions(low: np.ndarray, high: np.ndarray, kind: OutputKind, refi
     low_n, _, _ = minmax_normalize(resize(low_d, size))
     high_n, _, _ = minmax_normalize(high_d)
     out = refiner(low_n, high_n)
-    return RefinedMaps(out.depth.float(), out.omega.float(), low_d, high_d)
+    refined = out.depth.float()
+    radius = clamp_radius(refined.shape, range_clamp)
+    if radius:
+        a, b = align_least_squares(low_n.float(), refined)
+        refined = clamp_to_local_range(refined, a * low_n.float() + b, radius)
+    return RefinedMaps(refined, out.omega.float(), low_d, high_d)
 
 
 def restore_units(
@@ -173,15 +183,17 @@ def refine_one_stage(
     context: SampleContext | None = None,
     scale_reference: ScaleReference | None = None,
     edges: bool = True,
+    range_clamp: float = RANGE_CLAMP,
 ) -> RefineResult:
     """Refine one HxWx3 uint8 image: predict at low and high resolution, fuse with SDDR.
 
     Returns the refined map at the image's size (see :class:`RefineResult` for units);
-    ``edges=False`` skips computing the edge map G (saves a bilateral filter pass).
+    ``edges=False`` skips computing the edge map G (saves a bilateral filter pass);
+    ``range_clamp`` is the local-range clamp radius (fraction of the long side, 0 = off).
     """
     low_res, high_res = default_resolutions(predictor, low_res, high_res)
     low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
     t0 = time.perf_counter()
-    maps = refine_predictions(low, high, predictor.kind, refiner)
+    maps = refine_predictions(low, high, predictor.kind, refiner, range_clamp)
     timings["refine"] = time.perf_counter() - t0
     return finish(maps, predictor.kind, image.shape[:2], low, high, "one-stage", 0, timings, scale_reference, want_edges=edges)

@@ -23,6 +23,7 @@ from .edges import edge_map
 from .normalize import minmax_normalize_batch, prepare_prediction_batch, resize
 from .one_stage import RefinedMaps, _predict_batch, default_resolutions, finish, predict_pair, refine_predictions
 from .result import RefineResult, ScaleReference
+from .range_clamp import RANGE_CLAMP, check_range_clamp, clamp_radius, clamp_to_local_range
 from .windows import Box, ResolutionPolicy, blend_windows, edge_density, window_boxes
 
 
@@ -45,6 +46,9 @@ class TwoStageConfig:
     its detail above a Gaussian of ``anchor_sigma`` x the window's long side. On
     middlebury2014q with the simulated predictor it kept two-stage's ORD and REL at the
     one-stage level while improving D3R (measured while choosing the defaults).
+    ``range_clamp`` (fraction of the working long side; 0 disables it) limits every
+    window's aligned result to the local range of the current estimate, as one-stage
+    limits its result to LOW's (:mod:`.range_clamp`).
     """
 
     steps: int = 2
@@ -54,8 +58,10 @@ class TwoStageConfig:
     policy_side: int = 512
     align_sigma: float = 0.03
     anchor_sigma: float = 0.05
+    range_clamp: float = RANGE_CLAMP
 
     def __post_init__(self) -> None:
+        check_range_clamp(self.range_clamp)
         if not 1 <= self.steps <= 5:
             raise ValueError(f"two-stage steps must be between 1 and 5, got {self.steps}")
         if not 0.05 <= self.overlap < 0.75:
@@ -140,6 +146,7 @@ def coarse_to_fine(
             if config.anchor_sigma > 0:
                 sig = config.anchor_sigma * max(bh, bw)
                 aligned = aligned - gaussian_blur(aligned, sig) + gaussian_blur(current, sig)
+            aligned = clamp_to_local_range(aligned, current, clamp_radius((height, width), config.range_clamp))
             for j, i in enumerate(idx):
                 refined[i] = aligned[j, 0]
                 omegas[i] = out.omega[j, 0].float()
@@ -175,7 +182,7 @@ def refine_two_stage(
     low_res, high_res = default_resolutions(predictor, low_res, high_res)
     low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
     t0 = time.perf_counter()
-    start = refine_predictions(low, high, predictor.kind, refiner)
+    start = refine_predictions(low, high, predictor.kind, refiner, config.range_clamp)
     timings["refine"] = time.perf_counter() - t0
     maps, history = coarse_to_fine(image, predictor, refiner, start, high_res, context, config, timings, edges)
     return finish(

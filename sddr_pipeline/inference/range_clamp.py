@@ -1,0 +1,57 @@
+"""Local-range clamp: keep the refined map inside the range its consistent input spans nearby.
+
+The refinement network fuses two maps; a value outside every value the consistent LOW
+map takes within a few pixels is an overshoot the network made up, not a detail it
+transferred. The bundled ``sddr-small`` weights draw such halos (a dark band outside an
+object's edge, a bright one inside it) even when LOW and HIGH agree exactly, which costs
+REL and ORD in flat regions. Clamping to the local min/max of LOW (least-squares aligned
+to the refined map) removes them without blurring anything: a pixel inside the range is
+left exactly as the network made it. The radius is a fraction of the working long side
+(default 1/128, 8 px at 1024), chosen on the training split (middlebury2005_2006), see
+docs/QUALITY.md.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Default clamp radius as a fraction of the working map's long side (0 disables the clamp).
+RANGE_CLAMP = 1.0 / 128
+
+
+def check_range_clamp(fraction: float) -> float:
+    """``fraction`` as a float in [0, 0.25], else ``ValueError``."""
+    value = float(fraction)
+    if not 0.0 <= value <= 0.25:
+        raise ValueError(f"range_clamp must be in [0, 0.25] (a fraction of the long side; 0 disables it), got {fraction!r}")
+    return value
+
+
+def clamp_radius(shape: tuple[int, ...], fraction: float) -> int:
+    """The clamp radius in pixels for a map of ``shape`` (..., H, W): ``fraction`` x long side, rounded."""
+    return int(round(check_range_clamp(fraction) * max(shape[-2], shape[-1])))
+
+
+def local_range(x: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of Bx1xHxW ``x`` over the (2 radius + 1)^2 window around each pixel
+    (borders replicated)."""
+    if radius < 1:
+        return x, x
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    hi = F.max_pool2d(padded, 2 * radius + 1, stride=1)
+    lo = -F.max_pool2d(-padded, 2 * radius + 1, stride=1)
+    return lo, hi
+
+
+def clamp_to_local_range(x: torch.Tensor, reference: torch.Tensor, radius: int) -> torch.Tensor:
+    """``x`` limited, per pixel, to the min/max ``reference`` takes within ``radius`` px.
+
+    Both are Bx1xHxW in the same units (align ``reference`` to ``x`` first); ``radius``
+    0 returns ``x`` unchanged.
+    """
+    if x.shape != reference.shape:
+        raise ValueError(f"x {tuple(x.shape)} and reference {tuple(reference.shape)} must have the same shape")
+    if radius < 1:
+        return x
+    lo, hi = local_range(reference.to(x.dtype), radius)
+    return torch.minimum(torch.maximum(x, lo), hi)
