@@ -17,6 +17,7 @@ import _thread
 import contextlib
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -116,7 +117,12 @@ def ray_session(config: RayConfig) -> Iterator[Any]:
 
 class Watchdog:
     """Interrupts the driver's main thread when no result arrived for ``timeout`` seconds
-    (a hung model call, a lost node); inactive off the main thread or without a timeout."""
+    (a hung model call, a lost node); inactive off the main thread or without a timeout.
+
+    A driver started in the background (``nohup job &``) inherits an ignored SIGINT, which
+    would make the interrupt a no-op; while active the watchdog installs Python's default
+    SIGINT handler and restores the previous one on exit.
+    """
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -126,10 +132,15 @@ class Watchdog:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._previous_handler: Any = None
 
     def __enter__(self) -> "Watchdog":
         if self.timeout is not None and threading.current_thread() is threading.main_thread():
             self._last = time.monotonic()
+            handler = signal.getsignal(signal.SIGINT)
+            if handler in (signal.SIG_IGN, signal.SIG_DFL, None):
+                self._previous_handler = handler
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             self._thread = threading.Thread(target=self._run, name="sddr-watchdog", daemon=True)
             self._thread.start()
         elif self.timeout is not None:
@@ -141,6 +152,9 @@ class Watchdog:
             self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def beat(self) -> None:
         self._last = time.monotonic()

@@ -19,7 +19,7 @@ import datetime as _dt
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from . import __version__
 from .data import ImageReadError, open_dataset
-from .inference import TwoStageConfig, refine
-from .inference.range_clamp import RANGE_CLAMP
+from .inference import RANGE_CLAMP, TwoStageConfig, refine
+from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
 from .predictors.base import Predictor, PredictorError
@@ -71,7 +71,8 @@ def _safe_name(name: str) -> str:
 
 
 def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None,
-                  two: TwoStageConfig | None, scale_points: int | None = None) -> dict:
+                  two: TwoStageConfig | None, scale_points: int | None = None,
+                  range_clamp: float = RANGE_CLAMP) -> dict:
     identity = {
         "predictor": {
             "spec": predictor_spec,
@@ -85,7 +86,7 @@ def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str,
         "two_stage": asdict(two) if (mode == "two-stage" and two is not None) else None,
     }
     if mode != "two-stage":
-        identity["range_clamp"] = RANGE_CLAMP
+        identity["range_clamp"] = range_clamp
     if scale_points:
         identity["scale_points"] = scale_points
     return identity
@@ -147,6 +148,7 @@ def refine_folder(
     save_predictions: bool = False,
     confidence: bool = False,
     scale_points: int | None = None,
+    range_clamp: float | None = None,
     progress: bool = True,
 ) -> JobReport:
     """Refine every image of ``input_path`` into ``output_path`` (layout in the module doc).
@@ -159,7 +161,8 @@ def refine_folder(
     that have no confidence file yet. ``scale_points=N`` makes every map METRIC from N
     random valid pixels of the sample's own metric depth (an RGB-D or LiDAR frame with
     holes; a stand-in for SfM points), as :class:`~sddr_pipeline.inference.ScaleReference`;
-    an image without metric depth is an error naming it.
+    an image without metric depth is an error naming it. ``range_clamp`` overrides the
+    local-range clamp (see :func:`sddr_pipeline.inference.refine`; 0 = raw network output).
     """
     if scale_points is not None and scale_points < 3:
         raise ValueError(f"scale_points must be at least 3, got {scale_points}")
@@ -174,8 +177,13 @@ def refine_folder(
         raise RefineJobError(f"cannot read input {src}: {exc}") from exc
     if len(dataset) == 0:
         raise RefineJobError(f"input {src} holds no images")
+    if range_clamp is not None:
+        check_range_clamp(range_clamp)
     two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
-    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage, scale_points)
+    if two_stage is not None and range_clamp is not None:
+        two_stage = replace(two_stage, range_clamp=range_clamp)
+    clamp = RANGE_CLAMP if range_clamp is None else range_clamp
+    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage, scale_points, clamp)
     manifest = _prepare_output(out, identity, skip_existing)
     manifest["input"] = str(src.resolve())
     manifest["layout"] = dataset.layout
@@ -213,6 +221,7 @@ def refine_folder(
                     two_stage=two_stage,
                     scale_reference=reference,
                     edges=False,
+                    range_clamp=clamp if mode != "two-stage" else None,
                 )
                 stage = "write"
                 images[name] = _write_outputs(out, name, sample, image, result, save_predictions, confidence, t0)

@@ -539,3 +539,20 @@ def test_pseudolabel_pipeline_writes_training_shards(tmp_path, weights, ray_clus
         assert decode_array(row["gs"]).shape == SIZE and row["scale_source"] == "normalized"
         image = np.asarray(Image.open(io.BytesIO(row["image"])))
         assert np.array_equal(image, pixels[row["id"]])
+
+
+def test_watchdog_fires_even_when_sigint_is_ignored():
+    """A driver run in the background (nohup, `&`) inherits an ignored SIGINT."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with Watchdog(0.5) as dog:
+                while time.monotonic() - t0 < 20:
+                    time.sleep(0.05)
+        assert dog.fired and time.monotonic() - t0 < 5
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -85,3 +85,12 @@ def test_refine_predictions_clamps_to_low_and_can_be_disabled():
     mask = torch.ones_like(on.refined, dtype=torch.bool)
     mask[..., 100, 100] = False
     assert torch.allclose(on.refined[mask], off.refined[mask], atol=1e-3)
+
+
+def test_distill_settings_range_clamp_defaults_to_the_bundled_recipe_and_validates():
+    from sddr_pipeline.training.config import DistillSettings
+
+    assert DistillSettings().range_clamp == 0.0
+    assert DistillSettings(range_clamp=RANGE_CLAMP).range_clamp == RANGE_CLAMP
+    with pytest.raises(ValueError, match="distill.range_clamp"):
+        DistillSettings(range_clamp=0.3)

@@ -100,6 +100,23 @@ def test_refine_two_stage(tmp_path, dataset, weights):
         assert m.entry["timings_s"]["refine_windows"] > 0
 
 
+def test_range_clamp_flag_is_recorded_and_changes_the_maps(tmp_path, dataset, weights, capsys):
+    args = ["--predictor", SIM, "--weights", str(weights), "--quiet"]
+    assert main(["refine", str(dataset), str(tmp_path / "clamped"), *args]) == 0
+    assert main(["refine", str(dataset), str(tmp_path / "raw"), *args, "--range-clamp", "0"]) == 0
+    assert main(["refine", str(dataset), str(tmp_path / "two"), *args, "--mode", "two-stage", "--range-clamp", "0.02"]) == 0
+    clamped = json.loads((tmp_path / "clamped" / "manifest.json").read_text())
+    raw = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert clamped["range_clamp"] == 1 / 128 and raw["range_clamp"] == 0 and two["two_stage"]["range_clamp"] == 0.02
+    a, b = load_depth(tmp_path / "clamped"), load_depth(tmp_path / "raw")
+    assert any(not np.array_equal(a[k].depth, b[k].depth) for k in a)
+    with pytest.raises(SystemExit):
+        main(["refine", str(dataset), str(tmp_path / "bad"), *args, "--range-clamp", "0.5"])
+    assert "range_clamp must be in [0, 0.25]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_existing_output_refused_then_resumed(tmp_path, dataset, weights, capsys):
     out = tmp_path / "out"
     args = ["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]

@@ -34,6 +34,15 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _clamp_fraction(text: str) -> float:
+    from ..inference.range_clamp import check_range_clamp
+
+    try:
+        return check_range_clamp(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if "range_clamp" in str(exc) else f"{text!r} is not a number")
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -75,6 +84,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             save_predictions=args.save_predictions,
             confidence=args.confidence,
             scale_points=args.scale_points,
+            range_clamp=args.range_clamp,
             progress=not args.quiet,
         )
     except RefineJobError as exc:
@@ -203,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default="default", help="refiner weights: 'default' (bundled) or a folder/.safetensors file (default: %(default)s)")
     r.add_argument("--mode", choices=("one-stage", "two-stage"), default="one-stage", help="default: %(default)s")
     r.add_argument("--steps", type=_positive_int, default=2, help="two-stage coarse-to-fine steps (default: %(default)s)")
+    r.add_argument("--range-clamp", type=_clamp_fraction, default=None, metavar="F",
+                   help="clamp the refined map to LOW's local range within F x the long side; 0 = raw network output "
+                        "(default: 1/128, see docs/QUALITY.md)")
     r.add_argument("--low-res", type=_positive_int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
     r.add_argument("--high-res", type=_positive_int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")

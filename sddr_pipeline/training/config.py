@@ -61,12 +61,16 @@ class DistillSettings:
     the round's steps x batch size, so each is used once; fewer are cycled through, more
     are never reached). ``coarse_to_fine_steps``: the S of G_S; ``top``/``regions``: the
     share of G_S binarised as edges and the number of k-means regions of L_grad (<= 127).
+    ``range_clamp``: the two-stage windows' local-range clamp while making G_S (see
+    :mod:`sddr_pipeline.inference.range_clamp`); 0, the default, is what the bundled
+    weights were trained with (the clamp came later), so the default recipe reproduces them.
     """
 
     pool: int | None = None
     coarse_to_fine_steps: int = 2
     top: float = 0.05
     regions: int = 8
+    range_clamp: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pool is not None and (isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool < 1):
@@ -78,6 +82,8 @@ class DistillSettings:
             raise ValueError(f"distill.top must be in (0, 1), got {self.top!r}")
         if isinstance(self.regions, bool) or not isinstance(self.regions, int) or not 1 <= self.regions <= 127:
             raise ValueError(f"distill.regions must be an integer in [1, 127], got {self.regions!r}")
+        if isinstance(self.range_clamp, bool) or not isinstance(self.range_clamp, (int, float)) or not 0.0 <= self.range_clamp <= 0.25:
+            raise ValueError(f"distill.range_clamp must be in [0, 0.25], got {self.range_clamp!r}")
 
 
 @dataclass(frozen=True)

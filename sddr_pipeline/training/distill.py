@@ -122,7 +122,7 @@ class DistillRound:
         self.settings = settings
         self.indices = pool_indices(start, batch_size, steps, settings)
         self.reused = len(self.indices) < steps * batch_size
-        self.config = TwoStageConfig(steps=settings.coarse_to_fine_steps)
+        self.config = TwoStageConfig(steps=settings.coarse_to_fine_steps, range_clamp=settings.range_clamp)
         self.labelled = 0
         self.stored = 0
         self.label_seconds = 0.0
