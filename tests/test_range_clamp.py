@@ -27,6 +27,15 @@ def test_local_range_of_a_step_is_the_step_widened_by_the_radius():
     assert hi[0, 0, 1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 8, 13])
+def test_local_range_equals_a_square_max_pool(radius):
+    x = torch.rand(2, 1, 37, 51, generator=torch.Generator().manual_seed(radius))
+    padded = torch.nn.functional.pad(x, (radius,) * 4, mode="replicate")
+    lo, hi = local_range(x, radius)
+    assert torch.equal(hi, torch.nn.functional.max_pool2d(padded, 2 * radius + 1, stride=1))
+    assert torch.equal(lo, -torch.nn.functional.max_pool2d(-padded, 2 * radius + 1, stride=1))
+
+
 def test_overshoot_halo_at_a_step_is_removed_and_the_edge_kept():
     ref = as4d(np.repeat([[0, 0, 0, 0, 1, 1, 1, 1]], 3, axis=0))
     x = as4d(np.repeat([[0, 0, -0.2, 0, 1, 1.3, 1, 1]], 3, axis=0))

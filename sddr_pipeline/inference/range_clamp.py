@@ -32,14 +32,30 @@ def clamp_radius(shape: tuple[int, ...], fraction: float) -> int:
     return int(round(check_range_clamp(fraction) * max(shape[-2], shape[-1])))
 
 
+def _sliding(x: torch.Tensor, k: int, dim: int, op) -> torch.Tensor:
+    """``op`` (torch.maximum/minimum) over every window of ``k`` samples along ``dim``
+    (valid positions only): window doubling, O(log k) elementwise passes."""
+    out, span = x, 1
+    while span * 2 <= k:
+        n = out.shape[dim] - span
+        out = op(out.narrow(dim, 0, n), out.narrow(dim, span, n))
+        span *= 2
+    if span < k:
+        n = out.shape[dim] - (k - span)
+        out = op(out.narrow(dim, 0, n), out.narrow(dim, k - span, n))
+    return out
+
+
 def local_range(x: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Min and max of Bx1xHxW ``x`` over the (2 radius + 1)^2 window around each pixel
     (borders replicated)."""
     if radius < 1:
         return x, x
     padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    hi = F.max_pool2d(padded, 2 * radius + 1, stride=1)
-    lo = -F.max_pool2d(-padded, 2 * radius + 1, stride=1)
+    k = 2 * radius + 1
+    # a square window's extreme is the extreme over rows of the extremes over columns
+    lo = _sliding(_sliding(padded, k, -1, torch.minimum), k, -2, torch.minimum)
+    hi = _sliding(_sliding(padded, k, -1, torch.maximum), k, -2, torch.maximum)
     return lo, hi
 
 
