@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..data import open_dataset
-from ..inference import TwoStageConfig
+from ..inference import RANGE_CLAMP, TwoStageConfig
 from ..inference.normalize import from_disparity_like, sanitize, to_disparity_like
 from ..inference.one_stage import default_resolutions, finish, predict_pair, refine_predictions
 from ..inference.two_stage import coarse_to_fine
@@ -199,7 +200,8 @@ def evaluate_dataset(
         "device": device,
         "resolutions": {"low": low_res, "high": high_res},
         "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
-        "two_stage": None if two_cfg is None else {"steps": two_cfg.steps, "overlap": two_cfg.overlap, "window_net_scale": two_cfg.window_net_scale},
+        "two_stage": None if two_cfg is None else asdict(two_cfg),
+        "range_clamp": RANGE_CLAMP,
         "baselines": {
             "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
             "guided": {
