@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sddr_pipeline.evaluation import evaluate_dataset
+from sddr_pipeline.inference import RANGE_CLAMP
 from sddr_pipeline.models import Refiner
 
 SETTINGS = (
@@ -62,6 +63,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--no-two-stage", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--range-clamp", type=float, default=RANGE_CLAMP,
+                   help="local-range clamp of the SDDR maps, fraction of the long side; 0 = raw network output (default: 1/128)")
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write both tables (results, checks) as markdown here; or pass --from-json to only convert")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
@@ -81,7 +84,8 @@ def main() -> int:
         for s in SETTINGS:
             for seed in SEEDS:
                 spec = f"simulated:cons={s['cons']},edge={s['edge']},texture={s['texture']},seed={seed}"
-                r = evaluate_dataset(Path(args.data) / ds, spec, refiner, two_stage=not args.no_two_stage, progress=False)
+                r = evaluate_dataset(Path(args.data) / ds, spec, refiner, two_stage=not args.no_two_stage, progress=False,
+                                     range_clamp=args.range_clamp)
                 m = r["methods"]
                 for name, vals in m.items():
                     cells = " | ".join("-" if vals[k] is None else f"{vals[k]:.4f}" for k in KEYS)
@@ -91,7 +95,7 @@ def main() -> int:
                 results.append({"dataset": ds, "spec": spec, "methods": m, "checks": c})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"refiner": refiner.version, "results": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"refiner": refiner.version, "range_clamp": args.range_clamp, "results": results}, indent=2) + "\n")
     if args.markdown:
         args.markdown.write_text(markdown(refiner.version, results))
     return 0

@@ -158,7 +158,14 @@ def test_cli_writes_json_and_rejects_missing_weights(shared_data, weights, tmp_p
     ]
     assert main(args) == 0
     assert "sddr_one_stage" in capsys.readouterr().out
-    assert "sddr_two_stage" not in json.loads(out.read_text())["methods"]
+    clamped = json.loads(out.read_text())
+    assert "sddr_two_stage" not in clamped["methods"] and clamped["config"]["range_clamp"] == 1 / 128
+    raw_out = tmp_path / "raw.json"
+    assert main([*args[:-4], str(raw_out), "--quiet", "--device", "cpu", "--range-clamp", "0"]) == 0
+    raw = json.loads(raw_out.read_text())
+    assert raw["config"]["range_clamp"] == 0
+    assert raw["methods"]["low"] == clamped["methods"]["low"]  # same predictions, only the SDDR maps change
+    assert raw["methods"]["sddr_one_stage"]["rel"] != clamped["methods"]["sddr_one_stage"]["rel"]
     bad = ["eval", str(shared_data / "middlebury2014q"), "--predictor", "simulated", "--weights", str(tmp_path / "none")]
     assert main(bad) == 2
     assert "not found" in capsys.readouterr().err

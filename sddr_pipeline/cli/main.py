@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import DatasetError
     from ..evaluation import evaluate_dataset, format_table
+    from ..inference import RANGE_CLAMP
     from ..models import Refiner, RefinerWeightsError
     from ..predictors import PredictorError
 
@@ -146,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alignment=args.alignment,
             seed=args.seed,
             report_dir=args.report,
+            range_clamp=RANGE_CLAMP if args.range_clamp is None else args.range_clamp,
         )
     except (RefinerWeightsError, PredictorError, DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"sddr eval: {exc}", file=sys.stderr)
@@ -154,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"sddr eval: {cfg['images']} image(s) of {cfg['dataset']} ({cfg['layout']}), predictor {cfg['predictor_name']} "
         f"at {cfg['resolutions']['low']}/{cfg['resolutions']['high']} px, refiner {cfg['refiner']}, "
-        f"alignment {cfg['alignment']['fit']} in {cfg['alignment']['space']}, {cfg['seconds']:.1f} s"
+        f"alignment {cfg['alignment']['fit']} in {cfg['alignment']['space']}, range clamp {cfg['range_clamp']:g}, "
+        f"{cfg['seconds']:.1f} s"
     )
     print(format_table(results))
     if args.json is not None:
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--high-res", type=_positive_int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
     e.add_argument("--alignment", default="auto", choices=("auto", "disparity", "depth", "scale", "metric"), help="alignment before value metrics (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="seed of ORD's random superpixel pairs (default: %(default)s)")
+    e.add_argument("--range-clamp", type=_clamp_fraction, default=None, metavar="F",
+                   help="local-range clamp of the SDDR maps (fraction of the long side; 0 = raw network output; default: 1/128)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     e.add_argument("--quiet", action="store_true", help="no per-image progress lines")
     e.set_defaults(func=cmd_eval)

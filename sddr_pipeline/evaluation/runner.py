@@ -29,6 +29,7 @@ from ..data import open_dataset
 from ..inference import RANGE_CLAMP, TwoStageConfig
 from ..inference.normalize import from_disparity_like, sanitize, to_disparity_like
 from ..inference.one_stage import default_resolutions, finish, predict_pair, refine_predictions
+from ..inference.range_clamp import check_range_clamp
 from ..inference.two_stage import coarse_to_fine
 from ..predictors import get_predictor
 from ..predictors.base import OutputKind, Predictor
@@ -59,6 +60,7 @@ def method_maps(
     high_res: int,
     two_stage: TwoStageConfig | None,
     guided: tuple[int | None, float],
+    range_clamp: float = RANGE_CLAMP,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every method's map of one image, in the predictor's space and polarity (low and
     high at their working sizes, the others at image size), with timings in seconds."""
@@ -74,7 +76,7 @@ def method_maps(
     maps["guided"] = _from_disparity_like(guided_fusion(low_d, high_d, size, radius=radius, eps=eps), kind)
     t1 = time.perf_counter()
     timings["baselines"] = t1 - t0
-    start = refine_predictions(low, high, kind, refiner)
+    start = refine_predictions(low, high, kind, refiner, range_clamp)
     one = finish(start, kind, size, low, high, "one-stage", 0, timings, None, want_edges=False)
     maps["sddr_one_stage"] = one.depth
     timings["refine"] = time.perf_counter() - t1
@@ -129,6 +131,7 @@ def evaluate_dataset(
     guided_eps: float = GUIDED_EPS,
     report_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    range_clamp: float = RANGE_CLAMP,
 ) -> dict[str, Any]:
     """Score every method of :data:`METHODS` on each image of a dataset (see the module
     docstring); returns ``{"methods", "per_image", "config"}`` (JSON-ready, no NaN).
@@ -136,10 +139,13 @@ def evaluate_dataset(
     ``refiner`` is a :class:`~sddr_pipeline.models.Refiner` or a weights path.
     ``limit`` keeps the first N images (sorted by name). Images without GT are skipped
     and listed under ``config["skipped"]``. With ``report_dir``, an HTML report with one
-    composite picture per image is written there (:mod:`.report`).
+    composite picture per image is written there (:mod:`.report`). ``range_clamp`` is the
+    one- and two-stage local-range clamp (:mod:`sddr_pipeline.inference.range_clamp`; 0
+    scores the raw network output).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
+    check_range_clamp(range_clamp)
     refiner = _load_refiner(refiner, "cpu")
     device = str(refiner.device)
     predictor = get_predictor(predictor_spec, device=device)
@@ -149,7 +155,7 @@ def evaluate_dataset(
     count = samples_total if limit is None else min(limit, samples_total)
     if count == 0:
         raise ValueError(f"dataset {dataset_root} ({dataset.layout}) has no images")
-    two_cfg = TwoStageConfig() if two_stage else None
+    two_cfg = TwoStageConfig(range_clamp=range_clamp) if two_stage else None
     methods = METHODS if two_stage else METHODS[:-1]
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     writer = None
@@ -168,7 +174,8 @@ def evaluate_dataset(
         t0 = time.perf_counter()
         image = sample.image()
         maps, timings = method_maps(
-            image, sample.context(), predictor, refiner, low_res, high_res, two_cfg, (guided_radius_px, guided_eps)
+            image, sample.context(), predictor, refiner, low_res, high_res, two_cfg, (guided_radius_px, guided_eps),
+            range_clamp,
         )
         t1 = time.perf_counter()
         ref = M.prepare_ground_truth(sample.gt, sample.gt_kind, seed=seed)
@@ -201,7 +208,7 @@ def evaluate_dataset(
         "resolutions": {"low": low_res, "high": high_res},
         "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
         "two_stage": None if two_cfg is None else asdict(two_cfg),
-        "range_clamp": RANGE_CLAMP,
+        "range_clamp": range_clamp,
         "baselines": {
             "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
             "guided": {
