@@ -221,7 +221,7 @@ def refine_folder(
                     two_stage=two_stage,
                     scale_reference=reference,
                     edges=False,
-                    range_clamp=clamp if mode != "two-stage" else None,
+                    range_clamp=range_clamp,
                 )
                 stage = "write"
                 images[name] = _write_outputs(out, name, sample, image, result, save_predictions, confidence, t0)

@@ -22,8 +22,8 @@ from .alignment import align_gradient_batch, gaussian_blur
 from .edges import edge_map
 from .normalize import minmax_normalize_batch, prepare_prediction_batch, resize
 from .one_stage import RefinedMaps, _predict_batch, default_resolutions, finish, predict_pair, refine_predictions
-from .result import RefineResult, ScaleReference
 from .range_clamp import RANGE_CLAMP, check_range_clamp, clamp_radius, clamp_to_local_range
+from .result import RefineResult, ScaleReference
 from .windows import Box, ResolutionPolicy, blend_windows, edge_density, window_boxes
 
 
