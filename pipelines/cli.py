@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
         from .refine import run_refine as run
 
         cls: type = RefinePipelineConfig
-        extra: tuple[str, ...] = ("mode", "steps", "save_predictions", "confidence")
+        extra: tuple[str, ...] = ("mode", "steps", "save_predictions", "confidence", "range_clamp")
     else:
         from .pseudolabel import run_pseudolabel as run
 
@@ -136,6 +136,8 @@ def add_pipeline_arguments(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--save-predictions", action=argparse.BooleanOptionalAction, default=None, help="keep raw low/high predictions")
     r.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=None,
                    help="fill the shards' confidence column: per-pixel confidence in [0, 1] (.npy float32 HxW)")
+    r.add_argument("--range-clamp", type=float, default=None, metavar="F",
+                   help="local-range clamp of the refined maps, fraction of the long side; 0 = raw network output (default: 1/128)")
     r.set_defaults(func=lambda args: _run(args, "refine"))
     return p
 

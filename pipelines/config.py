@@ -149,12 +149,15 @@ class PipelineConfig:
 class RefinePipelineConfig(PipelineConfig):
     """:class:`PipelineConfig` plus refinement: ``mode`` (one-stage|two-stage), ``steps``
     (two-stage), ``save_predictions`` (keep raw low/high in the shards), ``confidence``
-    (fill the shards' per-pixel ``confidence`` column)."""
+    (fill the shards' per-pixel ``confidence`` column), ``range_clamp`` (the local-range
+    clamp, a fraction of the long side; 0 = raw network output; the default is
+    ``sddr_pipeline.inference.RANGE_CLAMP``, kept as a literal so configs load without torch)."""
 
     mode: str = "one-stage"
     steps: int = 2
     save_predictions: bool = False
     confidence: bool = False
+    range_clamp: float = 1.0 / 128
 
     def validate(self) -> None:
         super().validate()
@@ -162,6 +165,9 @@ class RefinePipelineConfig(PipelineConfig):
         _check(_is_int(self.steps) and self.steps > 0, "steps", f"must be a positive integer, got {self.steps!r}")
         _check(isinstance(self.save_predictions, bool), "save_predictions", "must be true or false")
         _check(isinstance(self.confidence, bool), "confidence", "must be true or false")
+        _check(not isinstance(self.range_clamp, bool) and isinstance(self.range_clamp, (int, float))
+               and 0.0 <= self.range_clamp <= 0.25, "range_clamp",
+               f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {self.range_clamp!r}")
 
 
 @dataclass

@@ -23,11 +23,12 @@ def refine_job(config: RefinePipelineConfig) -> Job:
         "predictor": config.predictor, "weights": config.weights, "mode": config.mode,
         "steps": config.steps if two else None, "low_res": config.low_res, "high_res": config.high_res,
         "include_image": config.include_image, "save_predictions": config.save_predictions,
+        "range_clamp": config.range_clamp,
     }
     if config.confidence:  # only when set, so outputs made before the option existed still resume
         identity["confidence"] = True
     kwargs = {"mode": config.mode, "steps": config.steps, "save_predictions": config.save_predictions,
-              "confidence": config.confidence}
+              "confidence": config.confidence, "range_clamp": config.range_clamp}
     return Job(name="refine", kind=KIND_DEPTH, stage=RefineStage, stage_kwargs=kwargs, identity=identity)
 
 

@@ -213,19 +213,21 @@ def _depth_fields(depth: np.ndarray, confidence: np.ndarray | None = None) -> di
 
 
 class RefineStage(_ModelStage):
-    """Refines each image (``mode`` one-stage or two-stage with ``steps``) into a
-    ``depth`` shard row; ``save_predictions`` keeps the raw low/high predictions and
+    """Refines each image (``mode`` one-stage or two-stage with ``steps``, local-range
+    clamp ``range_clamp``, None = the library default) into a ``depth`` shard row; ``save_predictions`` keeps the raw low/high predictions and
     ``confidence`` fills the ``confidence`` column (:mod:`sddr_pipeline.confidence`)."""
 
     kind = KIND_DEPTH
 
     def __init__(self, predictor: str, weights: str, *, mode: str = "one-stage", steps: int = 2,
-                 save_predictions: bool = False, confidence: bool = False, **kwargs: Any) -> None:
+                 save_predictions: bool = False, confidence: bool = False, range_clamp: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(predictor, weights, **kwargs)
-        from sddr_pipeline.inference import TwoStageConfig
+        from sddr_pipeline.inference import RANGE_CLAMP, TwoStageConfig
 
         self.mode = mode
-        self.two_stage = TwoStageConfig(steps=steps) if mode == "two-stage" else None
+        self.range_clamp = RANGE_CLAMP if range_clamp is None else range_clamp
+        self.two_stage = TwoStageConfig(steps=steps, range_clamp=self.range_clamp) if mode == "two-stage" else None
         self.save_predictions = save_predictions
         self.confidence = confidence
 
@@ -233,7 +235,8 @@ class RefineStage(_ModelStage):
         from sddr_pipeline.inference import refine
 
         result = refine(image, self.predictor, self.refiner, mode=self.mode, low_res=self.low_res,  # type: ignore[arg-type]
-                        high_res=self.high_res, context=context, two_stage=self.two_stage, edges=False)
+                        high_res=self.high_res, context=context, two_stage=self.two_stage, edges=False,
+                        range_clamp=self.range_clamp)
         scale, shift = result.alignment
         conf = None
         if self.confidence:

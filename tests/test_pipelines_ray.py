@@ -343,6 +343,30 @@ def test_confidence_setting_config_cli_and_identity():
     assert yaml_default.confidence is False
 
 
+def test_range_clamp_setting_config_cli_identity_and_stage_default(weights):
+    import argparse
+
+    from sddr_pipeline.inference import RANGE_CLAMP
+    from sddr_pipeline.pipelines.cli import _overrides, add_pipeline_arguments
+    from sddr_pipeline.pipelines.refine import refine_job
+
+    base = {"input": "in", "output": "out", "predictor": "simulated", "weights": "w"}
+    assert RefinePipelineConfig(**base).range_clamp == RANGE_CLAMP  # the config's literal matches the library's
+    for bad in (0.5, -0.1, "x", True):
+        with pytest.raises(ConfigError, match="^range_clamp: must be a number in"):
+            build_config(RefinePipelineConfig, {**base, "range_clamp": bad})
+    parser = argparse.ArgumentParser(prog="sddr")
+    add_pipeline_arguments(parser.add_subparsers(dest="command", required=True))
+    argv = ["pipeline", "refine", "--input", "i", "--output", "o", "--predictor", "simulated", "--weights", "w"]
+    extra = ("mode", "steps", "save_predictions", "confidence", "range_clamp")
+    raw = load_config(RefinePipelineConfig, None, _overrides(parser.parse_args(argv + ["--range-clamp", "0"]), extra))
+    assert raw.range_clamp == 0 and refine_job(raw).identity["range_clamp"] == 0  # a resume must keep it
+    assert refine_job(raw).stage_kwargs["range_clamp"] == 0
+    stage = RefineStage("simulated", str(weights), mode="two-stage", range_clamp=0.02, device="cpu", torch_threads=1)
+    assert stage.range_clamp == 0.02 and stage.two_stage.range_clamp == 0.02
+    assert RefineStage("simulated", str(weights), device="cpu", torch_threads=1).range_clamp == RANGE_CLAMP
+
+
 def test_bundled_configs_work_without_a_training_run():
     # `sddr pipeline refine --config pipelines/configs/refine.yaml --input URI --output URI` (the
     # files' own usage lines) must not need weights that only a training run makes
@@ -547,8 +571,6 @@ def test_pseudolabel_pipeline_writes_training_shards(tmp_path, weights, ray_clus
 
 def test_watchdog_fires_even_when_sigint_is_ignored():
     """A driver run in the background (nohup, `&`) inherits an ignored SIGINT."""
-    import signal
-
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _assert_watchdog_fires_on_a_stall()
