@@ -214,8 +214,9 @@ def _depth_fields(depth: np.ndarray, confidence: np.ndarray | None = None) -> di
 
 class RefineStage(_ModelStage):
     """Refines each image (``mode`` one-stage or two-stage with ``steps``, local-range
-    clamp ``range_clamp``, None = the library default) into a ``depth`` shard row; ``save_predictions`` keeps the raw low/high predictions and
-    ``confidence`` fills the ``confidence`` column (:mod:`sddr_pipeline.confidence`)."""
+    clamp ``range_clamp``, None = the library default) into a ``depth`` shard row;
+    ``save_predictions`` keeps the raw low/high predictions and ``confidence`` fills the
+    ``confidence`` column (:mod:`sddr_pipeline.confidence`)."""
 
     kind = KIND_DEPTH
 

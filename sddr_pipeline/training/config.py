@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..inference.range_clamp import check_range_clamp
 from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec
 from .losses import LossWeights
@@ -82,8 +83,12 @@ class DistillSettings:
             raise ValueError(f"distill.top must be in (0, 1), got {self.top!r}")
         if isinstance(self.regions, bool) or not isinstance(self.regions, int) or not 1 <= self.regions <= 127:
             raise ValueError(f"distill.regions must be an integer in [1, 127], got {self.regions!r}")
-        if isinstance(self.range_clamp, bool) or not isinstance(self.range_clamp, (int, float)) or not 0.0 <= self.range_clamp <= 0.25:
-            raise ValueError(f"distill.range_clamp must be in [0, 0.25], got {self.range_clamp!r}")
+        if isinstance(self.range_clamp, bool) or not isinstance(self.range_clamp, (int, float)):
+            raise ValueError(f"distill.range_clamp must be a number, got {self.range_clamp!r}")
+        try:
+            check_range_clamp(self.range_clamp)
+        except ValueError as exc:
+            raise ValueError(f"distill.{exc}") from None
 
 
 @dataclass(frozen=True)
