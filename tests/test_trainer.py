@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sddr_pipeline.inference.normalize import resize
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.predictors import OutputKind, working_size
-from sddr_pipeline.training import ConfigError, ExampleSource, load_config, recipe_path, train
+from sddr_pipeline.training import ConfigError, ExampleSource, load_config, parse_override, recipe_path, train
 from sddr_pipeline.training.config import config_from_dict
 from sddr_pipeline.training.samples import SourceSpec, crop_target, gt_disparity, make_example
 from sddr_pipeline.training.trainer import aligned_absrel, learning_rate
@@ -49,6 +49,32 @@ def test_overrides_are_dotted_and_none_is_ignored(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", "steps: 5\noutput: out\nloss: {grad: 0.5}\n")
     cfg = load_config(path, {"output": None, "loss.grad": 0.25}, steps=7)
     assert cfg.steps == 7 and cfg.loss.grad == 0.25 and cfg.output == str((Path.cwd() / "out").resolve())
+
+
+def test_set_overrides_parse_as_yaml_and_reach_the_config(tmp_path):
+    assert parse_override("loss.trim=0") == ("loss.trim", 0)
+    assert parse_override("noise.cons=[0.0, 0.35]") == ("noise.cons", [0.0, 0.35])
+    assert parse_override("stages=[{kind: gt, steps: 7}]") == ("stages", [{"kind": "gt", "steps": 7}])
+    assert parse_override(" init = default") == ("init", "default")
+    path = write_yaml(tmp_path / "c.yaml", "steps: 5\nloss: {grad: 0.5}\n")
+    cfg = load_config(path, dict(parse_override(t) for t in ("loss.trim=0", "noise.cons=[0.0,0.35]", "steps=9")))
+    assert cfg.loss.trim == 0.0 and cfg.noise.cons == (0.0, 0.35) and cfg.steps == 9 and cfg.loss.grad == 0.5
+
+
+@pytest.mark.parametrize("text", ["loss.trim", "=3", "loss.trim=", "loss.trim=null", "a..b=1", "x=[1,", "a b=1"])
+def test_bad_set_overrides_are_refused_with_the_key(text):
+    with pytest.raises(ConfigError, match="override"):
+        parse_override(text)
+
+
+def test_train_cli_applies_set_and_reports_bad_ones(tmp_path, capsys):
+    from sddr_pipeline.cli.main import main
+
+    path = write_yaml(tmp_path / "c.yaml", "steps: 5\n")
+    assert main(["train", "--config", str(path), "--set", "loss.trim"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--set", "loss.trim=2"]) == 2
+    assert "loss.trim" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -103,13 +103,15 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training import ConfigError, load_config, recipe_path, train
+    from ..training import ConfigError, load_config, parse_override, recipe_path, train
 
     try:
         path = Path(args.config)
         if not path.exists() and "/" not in args.config and not args.config.endswith((".yaml", ".yml")):
             path = recipe_path(args.config)
-        overrides = {"output": str(args.output) if args.output else None, "steps": args.steps, "device": args.device}
+        overrides = dict(parse_override(text) for text in args.set)
+        flags = {"output": str(args.output) if args.output else None, "steps": args.steps, "device": args.device}
+        overrides.update({k: v for k, v in flags.items() if v is not None})
         config = load_config(path, overrides)
     except ConfigError as exc:
         print(f"sddr train: {exc}", file=sys.stderr)
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, default=None, help="override the number of steps")
     t.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override the config's device")
     t.add_argument("--no-resume", action="store_true", help="start over instead of continuing from the last checkpoint")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, VALUE read as YAML (repeatable), e.g. --set loss.trim=0 "
+                        "--set noise.cons=[0.0,0.35]")
     t.add_argument("--quiet", action="store_true", help="no per-step log lines")
     t.set_defaults(func=cmd_train)
 

@@ -2,7 +2,7 @@
 resumable trainer. ``train(load_config("recipe.yaml"))`` returns the final weights folder."""
 from __future__ import annotations
 
-from .config import ConfigError, DistillSettings, Stage, TrainConfig, ValidationSettings, load_config, recipe_path
+from .config import ConfigError, DistillSettings, Stage, TrainConfig, ValidationSettings, load_config, parse_override, recipe_path
 from .losses import (
     LossWeights,
     cluster_boxes,
@@ -47,6 +47,7 @@ __all__ = [
     "load_config",
     "loss_gt",
     "make_example",
+    "parse_override",
     "recipe_path",
     "ssi_normalize",
     "ssi_trimmed_mae",

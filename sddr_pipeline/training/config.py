@@ -455,6 +455,30 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, value)`` for :func:`load_config`'s overrides.
+
+    KEY may be dotted (``loss.trim``); VALUE is read as YAML, so ``0``, ``1e-4``,
+    ``[0.0, 0.35]``, ``default`` and ``"[{kind: gt, steps: 700}]"`` all mean what they
+    would in a recipe. A null VALUE is refused: overrides set values, they never unset them.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not _OVERRIDE_KEY.fullmatch(key):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a (dotted) key, e.g. loss.trim=0")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({reason})") from None
+    if value is None:
+        raise ConfigError(f"override {key}: empty or null value; give the value to set")
+    return key, value
+
+
 def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> TrainConfig:
     """Read a YAML training config and apply overrides.
 
