@@ -247,6 +247,19 @@ def test_interrupted_run_resumes_bitwise(straight_run, tmp_path, every, kill, re
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_data_workers_give_the_same_weights_and_resume_bitwise(straight_run, tmp_path):
+    """Batches made ahead in a worker process are the same bits: same checkpoints and weights,
+    also when the run is interrupted and resumed with the worker count changed."""
+    out = tmp_path / "run"
+    lines: list[str] = []
+    with pytest.raises(Interrupt):
+        train(config_from_dict(tiny(out, data_workers=1)), progress=stop_at(4, lines))
+    train(config_from_dict(tiny(out, data_workers=2)), progress=None)
+    ref = straight_run / "checkpoints"
+    _same_files(out / "checkpoints" / "step-000006.optim.safetensors", ref / "step-000006.optim.safetensors")
+    _same_files(out / "final" / "model.safetensors", straight_run / "final" / "model.safetensors")
+
+
 def test_final_weights_load_and_refine(straight_run):
     refiner = Refiner.from_pretrained(straight_run / "final")
     x = torch.rand(1, 1, 40, 56)

@@ -33,7 +33,7 @@ STAGE_KINDS: tuple[str, ...] = ("gt", "distill")
 #: Keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({
     "steps", "stages", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
-    "output", "device", "threads",
+    "output", "device", "threads", "data_workers",
 })
 
 
@@ -105,6 +105,9 @@ class TrainConfig:
 
     ``init``: weights to start from instead of a seeded random init (``"default"`` or a
     weights folder/file of the same ``preset`` architecture), for fine-tuning.
+    ``data_workers``: processes that make stage-``gt`` batches ahead of the training step
+    (0 = in the training process). Examples are a pure function of (seed, index), so the
+    weights do not depend on it; it may change when a run is resumed.
     """
 
     steps: int
@@ -136,6 +139,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     threads: int | None = None
+    data_workers: int = 0
     init: str | None = None
 
     @property
@@ -320,7 +324,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     ints = {
         "seed": (0, None), "batch_size": (1, None), "crop": (32, None), "warmup_steps": (0, None),
         "checkpoint_every": (1, None), "keep_checkpoints": (1, None), "validate_every": (0, None),
-        "low_res": (16, None), "high_res": (16, None),
+        "low_res": (16, None), "high_res": (16, None), "data_workers": (0, 64),
     }
     for key, (lo, hi) in ints.items():
         if key in d:

@@ -40,11 +40,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from safetensors.torch import load_file, save
 
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
@@ -56,7 +57,7 @@ from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
 from .distill import DistillRound, round_start
 from .losses import LossWeights, total_loss
-from .samples import Batch, ExampleSource, crop_target, gt_disparity, is_simulated, validation_scenes
+from .samples import Batch, ExampleSettings, ExampleSource, SourceSpec, crop_target, gt_disparity, is_simulated, validation_scenes
 
 Progress = Callable[[str], None]
 StageLoss = Callable[[RefinerOutput, Batch, LossWeights], tuple[torch.Tensor, dict[str, float]]]
@@ -82,6 +83,43 @@ def _distill_stage(output: RefinerOutput, batch: Batch, weights: LossWeights) ->
 
 
 STAGE_LOSSES: dict[str, StageLoss] = {"gt": _gt_stage, "distill": _distill_stage}
+
+
+class GtBatches(torch.utils.data.Dataset):
+    """Stage-``gt`` batch of a step, for DataLoader workers: each worker builds its own
+    :class:`ExampleSource` on first use (it holds caches and open files that do not pickle)."""
+
+    def __init__(self, sources: tuple[SourceSpec, ...], settings: ExampleSettings, device: str, batch_size: int) -> None:
+        self.sources = sources
+        self.settings = settings
+        self.device = device
+        self.batch_size = batch_size
+        self._examples: ExampleSource | None = None
+
+    def __getitem__(self, step: int) -> Batch:
+        if self._examples is None:
+            self._examples = ExampleSource(self.sources, self.settings, device=self.device)
+        b = self.batch_size
+        return self._examples.batch(range(step * b, (step + 1) * b))
+
+
+def gt_batches(config: TrainConfig, examples: ExampleSource, start: int, device: torch.device) -> Iterator[Batch]:
+    """The stage-``gt`` batches of steps ``start ...``, in step order.
+
+    With ``config.data_workers`` > 0 they are made ahead by that many spawned worker
+    processes (two batches queued per worker) while the network trains; the batches are
+    the same bits either way, because an example is a pure function of (seed, index).
+    """
+    b = config.batch_size
+    steps = [s for s in range(start, config.steps) if stage_at(config.stages, s).kind == "gt"]
+    if config.data_workers == 0 or not steps:
+        return (examples.batch(range(s * b, (s + 1) * b)) for s in steps)
+    loader = torch.utils.data.DataLoader(
+        GtBatches(config.data, config.examples, str(device), b), batch_size=None, sampler=steps,
+        num_workers=min(config.data_workers, len(steps)), multiprocessing_context="spawn", prefetch_factor=2,
+        generator=torch.Generator().manual_seed(config.seed),  # its worker seeds must not draw from the global RNG
+    )
+    return iter(loader)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -484,6 +522,7 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
     run_start = time.perf_counter()
     b = config.batch_size
     current: DistillRound | None = None
+    gt_iter = gt_batches(config, examples, start, device)
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         stage = stage_at(config.stages, step)
@@ -503,7 +542,7 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
             labels = (current.labelled - before[0], current.label_seconds - before[1], current.stored - before[2])
         else:
             current = None
-            batch = examples.batch(range(step * b, (step + 1) * b)).to(device)
+            batch = next(gt_iter).to(device)
         t_data = time.perf_counter() - t0
         with autocast:
             output = net(batch.low, batch.high)
