@@ -339,6 +339,14 @@ def test_interrupted_run_on_shards_resumes_bitwise(straight, job, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_data_workers_read_the_shards_too(straight, job, tmp_path):
+    """A spawned data worker opens the shards itself and makes the same batches."""
+    out = tmp_path / "workers"
+    train(config_from_dict(tiny(out, job, data_workers=1)), progress=None)
+    a, b = load_file(str(out / "final" / "model.safetensors")), load_file(str(straight / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_changed_shards(job, rows, tmp_path):
     root = tmp_path / "pl"
     shutil.copytree(job, root)
