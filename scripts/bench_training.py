@@ -28,7 +28,7 @@ from sddr_pipeline.training import load_config, recipe_path, train
 def run(recipe: Path, steps: int, workers: int, out: Path) -> tuple[float, float, Path]:
     """Train; return (wall seconds, mean logged seconds per step, final weights folder)."""
     overrides = {
-        "stages": [{"kind": "gt", "steps": steps}], "validate_every": 0, "checkpoint_every": steps,
+        "steps": steps, "stages": [{"kind": "gt", "steps": steps}], "validate_every": 0, "checkpoint_every": steps,
         "output": str(out), "data_workers": workers, "warmup_steps": 0,
     }
     config = load_config(recipe, overrides)
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="data workers of the second run (default: 1)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the two runs (default: 1)")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.workers < 1 or args.repeats < 1:
+        parser.error("--steps, --workers and --repeats must be at least 1 (the baseline run has no workers)")
     recipe = Path(args.recipe) if Path(args.recipe).is_file() else recipe_path(args.recipe)
     results: dict[int, list[tuple[float, float]]] = {0: [], args.workers: []}
     identical = True
