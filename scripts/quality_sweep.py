@@ -1,15 +1,26 @@
-"""Quality bar sweep: `sddr eval` over several simulated-noise settings and seeds.
+"""Refiner quality bar: `evaluate_dataset` over every validation source, noise setting and seed.
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/quality_sweep.py --weights default --json out/sweep.json
+    .venv/bin/python scripts/quality_sweep.py --weights default --json out/sweep.json --markdown out/sweep.md
 
-For each validation dataset, noise setting (cons/edge/texture) and simulated-noise seed it
-runs :func:`sddr_pipeline.evaluation.evaluate_dataset` with the ``simulated`` predictor
-and prints one markdown table row per method, plus the issue's quality-bar checks:
-one-stage D3R <= 0.7 x low's and below both baselines; ORD below low and high; DBE_comp
-below low; delta1 no more than 0.005 below low's; two-stage D3R and DBE_comp below
-one-stage's.
+Validation sources (the split of ../shared/data/README.md; training never reads them):
+middlebury2014q, nyu_sample, rgbd_sequence_sample (dense exact depth), kitti_sample
+(sparse: value metrics only) and ``synthetic``, a fixed set of held-out synthetic scenes
+(seeds >= 2**62, never drawn in training) written once under ``--cache``.
+
+Each dataset runs with the ``simulated`` predictor at the four noise settings of
+:data:`SETTINGS` and the seeds of :data:`SEEDS`. A CELL is one dataset at one setting:
+its metrics are the mean over seeds of the dataset means. The bar (the refiner-quality
+issue) is checked per cell:
+
+* never worse: one-stage REL <= 1.02x LOW's (1.1x at zero noise), D3R <= LOW's;
+* sharper: at 0.15/2/0.3 and 0.3/4/0.5, one-stage D3R <= 0.6x LOW's and DBE_comp <= 0.7x
+  LOW's; in every cell D3R <= min(LOW's, freq_merge's);
+* coarse-to-fine helps: in cells with noise, two-stage D3R and DBE_comp <= one-stage's and
+  REL <= 1.02x one-stage's.
+
+A check whose metric is undefined (e.g. D3R on KITTI's sparse ground truth) prints "-".
 """
 from __future__ import annotations
 
@@ -17,122 +28,176 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from sddr_pipeline.evaluation import evaluate_dataset
 from sddr_pipeline.inference import RANGE_CLAMP
 from sddr_pipeline.models import Refiner
+from sddr_pipeline.training.samples import validation_scenes
 
 SETTINGS = (
+    {"cons": 0.0, "edge": 0.0, "texture": 0.0},
+    {"cons": 0.05, "edge": 1.0, "texture": 0.1},
     {"cons": 0.15, "edge": 2.0, "texture": 0.3},
     {"cons": 0.3, "edge": 4.0, "texture": 0.5},
-    {"cons": 0.05, "edge": 1.0, "texture": 0.1},
 )
 SEEDS = (0, 1)
+DATASETS = ("middlebury2014q", "nyu_sample", "rgbd_sequence_sample", "kitti_sample", "synthetic")
 KEYS = ("delta1", "rel", "ord", "d3r", "dbe_acc", "dbe_comp", "bf1")
+#: held-out synthetic validation scenes: count and size
+SYNTHETIC = (8, (384, 512))
+
+CHECK_LABELS = {
+    "rel<=1.02low": "REL <= 1.02x LOW (1.1x at zero noise)",
+    "d3r<=low": "D3R <= LOW",
+    "d3r<=0.6low": "D3R <= 0.6x LOW",
+    "dbe<=0.7low": "DBE_comp <= 0.7x LOW",
+    "d3r<=min(low,fm)": "D3R <= min(LOW, freq_merge)",
+    "two:d3r<=one": "two-stage D3R <= one",
+    "two:dbe<=one": "two-stage DBE_comp <= one",
+    "two:rel<=1.02one": "two-stage REL <= 1.02x one",
+}
 
 
-def checks(m: dict) -> dict[str, bool | None]:
-    def get(name: str, key: str):
-        return m.get(name, {}).get(key)
+def synthetic_root(cache: Path) -> Path:
+    """The held-out synthetic scenes as a ``generic`` dataset under ``cache`` (made once)."""
+    root = cache / "synthetic_validation"
+    count, size = SYNTHETIC
+    if (root / "dataset.json").exists() and len(list((root / "gt").glob("*.npy"))) == count:
+        return root
+    (root / "rgb").mkdir(parents=True, exist_ok=True)
+    (root / "gt").mkdir(parents=True, exist_ok=True)
+    for rgb, depth, name in validation_scenes(count, size):
+        Image.fromarray(rgb).save(root / "rgb" / f"{name}.png")
+        np.save(root / "gt" / f"{name}.npy", depth.astype(np.float32))
+    (root / "dataset.json").write_text(json.dumps({"gt_kind": "depth"}) + "\n")
+    return root
 
-    one, low = m["sddr_one_stage"], m["low"]
-    out: dict[str, bool | None] = {}
-    if one["d3r"] is not None and low["d3r"] is not None:
-        out["d3r<=0.7low"] = one["d3r"] <= 0.7 * low["d3r"]
-        out["d3r<baselines"] = one["d3r"] < get("freq_merge", "d3r") and one["d3r"] < get("guided", "d3r")
-    if one["ord"] is not None:
-        out["ord<low,high"] = one["ord"] < low["ord"] and one["ord"] < get("high", "ord")
-    if one["dbe_comp"] is not None:
-        out["dbe_comp<low"] = one["dbe_comp"] < low["dbe_comp"]
-    out["delta1>=low-0.005"] = one["delta1"] >= low["delta1"] - 0.005
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if len(vals) == len(values) and vals else None
+
+
+def cell_means(runs: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per method and metric, the mean over the runs (seeds) of one cell."""
+    methods = runs[0]["methods"]
+    return {m: {k: _mean([r["methods"][m][k] for r in runs]) for k in KEYS} for m in methods}
+
+
+def checks(m: dict, setting: dict) -> dict[str, bool | None]:
+    """The bar's checks for one cell (see the module docstring); None = undefined."""
+    def le(a, b, factor=1.0):
+        return None if a is None or b is None else bool(a <= factor * b)
+
+    low, one, fm = m["low"], m["sddr_one_stage"], m["freq_merge"]
+    noisy = any(setting[k] > 0 for k in ("cons", "edge", "texture"))
+    strong = setting["cons"] >= 0.15
+    out: dict[str, bool | None] = {
+        "rel<=1.02low": le(one["rel"], low["rel"], 1.02 if noisy else 1.1),
+        "d3r<=low": le(one["d3r"], low["d3r"]),
+        "d3r<=0.6low": le(one["d3r"], low["d3r"], 0.6) if strong else None,
+        "dbe<=0.7low": le(one["dbe_comp"], low["dbe_comp"], 0.7) if strong else None,
+        "d3r<=min(low,fm)": None if low["d3r"] is None or fm["d3r"] is None else le(one["d3r"], min(low["d3r"], fm["d3r"])),
+    }
     two = m.get("sddr_two_stage")
-    if two and two["d3r"] is not None:
-        out["two:d3r<one"] = two["d3r"] < one["d3r"]
-        out["two:dbe_comp<one"] = two["dbe_comp"] < one["dbe_comp"]
+    if two is not None and noisy:
+        out["two:d3r<=one"] = le(two["d3r"], one["d3r"])
+        out["two:dbe<=one"] = le(two["dbe_comp"], one["dbe_comp"])
+        out["two:rel<=1.02one"] = le(two["rel"], one["rel"], 1.02)
     return out
+
+
+def _noise(s: dict) -> str:
+    return f"{s['cons']:g}/{s['edge']:g}/{s['texture']:g}"
+
+
+def markdown(version: str, cells: list[dict], seeds: tuple[int, ...]) -> str:
+    """The results table (one row per cell and method, seed means) and the checks table."""
+    lines = [f"Refiner `{version}`. Means over each dataset's images, then over seeds {list(seeds)}; "
+             "lower is better except delta1 and BF1. D3R/LOW is the one-stage ratio the bar reads.", "",
+             "| dataset | noise (cons/edge/texture) | method | " + " | ".join(KEYS) + " | D3R/LOW |",
+             "|---|---|---|" + "---|" * (len(KEYS) + 1)]
+    for c in cells:
+        low_d3r = c["means"]["low"]["d3r"]
+        for name, vals in c["means"].items():
+            cells_ = " | ".join("-" if vals[k] is None else f"{vals[k]:.4f}" for k in KEYS)
+            ratio = "-" if vals["d3r"] is None or not low_d3r else f"{vals['d3r'] / low_d3r:.2f}"
+            lines.append(f"| {c['dataset']} | {_noise(c['setting'])} | {name} | {cells_} | {ratio} |")
+    lines += ["", "| dataset | noise | " + " | ".join(CHECK_LABELS.values()) + " |",
+              "|---|---|" + "---|" * len(CHECK_LABELS)]
+    passed = failed = 0
+    for c in cells:
+        ch = c["checks"]
+        passed += sum(v is True for v in ch.values())
+        failed += sum(v is False for v in ch.values())
+        row = " | ".join({True: "yes", False: "**no**", None: "-"}[ch.get(k)] for k in CHECK_LABELS)
+        lines.append(f"| {c['dataset']} | {_noise(c['setting'])} | {row} |")
+    lines += ["", f"{passed} checks pass, {failed} fail."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="default")
     p.add_argument("--data", default=os.environ.get("SDDR_SHARED_DATA", "../shared/data"))
-    p.add_argument("--datasets", nargs="+", default=["middlebury2014q", "nyu_sample"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--settings", nargs="+", type=int, default=list(range(len(SETTINGS))),
+                   help=f"indices into {[_noise(s) for s in SETTINGS]}")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--limit", type=int, default=None, help="first N images of each dataset")
+    p.add_argument("--cache", type=Path, default=Path("out/quality_cache"), help="where the synthetic scenes are written")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--no-two-stage", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--range-clamp", type=float, default=RANGE_CLAMP,
-                   help="local-range clamp of the SDDR maps, fraction of the long side; 0 = raw network output (default: 1/128)")
-    p.add_argument("--markdown", type=Path, default=None,
-                   help="also write both tables (results, checks) as markdown here; or pass --from-json to only convert")
+                   help=f"local-range clamp, fraction of the long side; 0 = off (default {RANGE_CLAMP:g})")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
     args = p.parse_args()
     if args.from_json is not None:
         if args.markdown is None:
             p.error("--from-json needs --markdown")
         data = json.loads(args.from_json.read_text())
-        args.markdown.write_text(markdown(data["refiner"], data["results"]))
+        args.markdown.write_text(markdown(data["refiner"], data["cells"], tuple(data["seeds"])))
         return 0
     torch.set_num_threads(args.threads)
     refiner = Refiner.from_pretrained(args.weights)
-    results = []
-    print("| dataset | cons | edge | texture | seed | method | " + " | ".join(KEYS) + " |")
-    print("|" + "---|" * (6 + len(KEYS)))
+    t_start = time.perf_counter()
+    cells = []
     for ds in args.datasets:
-        for s in SETTINGS:
-            for seed in SEEDS:
+        root = synthetic_root(args.cache) if ds == "synthetic" else Path(args.data) / ds
+        for i in args.settings:
+            s = SETTINGS[i]
+            runs = []
+            for seed in args.seeds:
                 spec = f"simulated:cons={s['cons']},edge={s['edge']},texture={s['texture']},seed={seed}"
-                r = evaluate_dataset(Path(args.data) / ds, spec, refiner, two_stage=not args.no_two_stage, progress=False,
-                                     range_clamp=args.range_clamp)
-                m = r["methods"]
-                for name, vals in m.items():
-                    cells = " | ".join("-" if vals[k] is None else f"{vals[k]:.4f}" for k in KEYS)
-                    print(f"| {ds} | {s['cons']} | {s['edge']} | {s['texture']} | {seed} | {name} | {cells} |", flush=True)
-                c = checks(m)
-                print(f"<!-- checks {ds} {spec}: {c} -->", flush=True)
-                results.append({"dataset": ds, "spec": spec, "methods": m, "checks": c})
+                runs.append(evaluate_dataset(root, spec, refiner, limit=args.limit, two_stage=not args.no_two_stage,
+                                             progress=False, range_clamp=args.range_clamp))
+            means = cell_means(runs)
+            c = checks(means, s)
+            cells.append({"dataset": ds, "setting": s, "means": means, "checks": c,
+                          "per_seed": [r["methods"] for r in runs]})
+            one, low = means["sddr_one_stage"], means["low"]
+            print(f"{ds:22s} {_noise(s):12s} REL one {one['rel']:.4f} low {low['rel']:.4f}  "
+                  f"D3R one {one['d3r'] if one['d3r'] is None else round(one['d3r'], 4)} "
+                  f"low {low['d3r'] if low['d3r'] is None else round(low['d3r'], 4)}  "
+                  f"fails {[k for k, v in c.items() if v is False]}  ({time.perf_counter() - t_start:.0f}s)", flush=True)
+    text = markdown(refiner.version, cells, tuple(args.seeds))
+    print(text.rsplit("\n", 2)[-2])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"refiner": refiner.version, "range_clamp": args.range_clamp, "results": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"refiner": refiner.version, "range_clamp": args.range_clamp,
+                                         "seeds": list(args.seeds), "cells": cells}, indent=2) + "\n")
     if args.markdown:
-        args.markdown.write_text(markdown(refiner.version, results))
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
     return 0
-
-
-CHECK_LABELS = {
-    "d3r<=0.7low": "one-stage D3R <= 0.7x low",
-    "d3r<baselines": "D3R < both baselines",
-    "ord<low,high": "ORD < low and high",
-    "dbe_comp<low": "DBE_comp < low",
-    "delta1>=low-0.005": "delta1 >= low - 0.005",
-    "two:d3r<one": "two-stage D3R < one-stage",
-    "two:dbe_comp<one": "two-stage DBE_comp < one-stage",
-}
-
-
-def _noise(spec: str) -> str:
-    opts = dict(kv.split("=") for kv in spec.split(":", 1)[1].split(","))
-    return f"{opts['cons']}/{opts['edge']}/{opts['texture']}, {opts['seed']}"
-
-
-def markdown(version: str, results: list[dict]) -> str:
-    """The results table (one row per method) and the checks table (one row per run)."""
-    lines = [f"Refiner `{version}`. Means over each dataset's images; lower is better except delta1 and BF1.", "",
-             "| dataset | noise (cons/edge/texture, seed) | method | " + " | ".join(KEYS) + " |",
-             "|---|---|---|" + "---|" * len(KEYS)]
-    for r in results:
-        for name, vals in r["methods"].items():
-            cells = " | ".join("-" if vals[k] is None else f"{vals[k]:.4f}" for k in KEYS)
-            lines.append(f"| {r['dataset']} | {_noise(r['spec'])} | {name} | {cells} |")
-    lines += ["", "| dataset | noise | " + " | ".join(CHECK_LABELS.values()) + " |",
-              "|---|---|" + "---|" * len(CHECK_LABELS)]
-    for r in results:
-        c = r["checks"]
-        cells = " | ".join({True: "yes", False: "**no**", None: "-"}[c.get(k)] for k in CHECK_LABELS)
-        lines.append(f"| {r['dataset']} | {_noise(r['spec'])} | {cells} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

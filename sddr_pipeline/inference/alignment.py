@@ -10,6 +10,12 @@ import math
 
 import torch
 
+from ..models.fusion import gaussian_blur
+
+__all__ = [
+    "align_gradient", "align_gradient_batch", "align_least_squares", "align_robust", "forward_gradients", "gaussian_blur",
+]
+
 _EPS = 1e-12
 
 
@@ -107,29 +113,6 @@ def align_gradient(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | No
     scale = num / den
     s, r = _masked(src, ref, mask)
     return scale, float((r - scale * s).mean())
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of a Bx1xHxW map (replicate border).
-
-    Up to sigma 4 px an exact separable kernel of 6 sigma + 1 taps; beyond, the map is
-    area-downsampled by ``f = sigma // 2``, blurred with sigma / f and upsampled
-    bilinearly: a close low-pass at a fraction of the cost (kernels of 100+ taps on
-    every window dominated two-stage time otherwise).
-    """
-    import kornia
-    import torch.nn.functional as F
-
-    if sigma <= 4.0:
-        k = 2 * int(math.ceil(3 * sigma)) + 1
-        return kornia.filters.gaussian_blur2d(x.float(), (k, k), (sigma, sigma), border_type="replicate")
-    f = int(sigma // 2)
-    h, w = x.shape[-2:]
-    small = F.interpolate(x.float(), size=(max(1, -(-h // f)), max(1, -(-w // f))), mode="area")
-    s = sigma / f
-    k = 2 * int(math.ceil(3 * s)) + 1
-    small = kornia.filters.gaussian_blur2d(small, (k, k), (s, s), border_type="replicate")
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def align_gradient_batch(

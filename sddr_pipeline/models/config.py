@@ -15,6 +15,10 @@ STEM_STRIDE = 4
 #: MiT patch-embedding kernels and strides per stage (1/16 ... 1/128 of the network input).
 MIT_PATCH_SIZES = (7, 3, 3, 3)
 MIT_STRIDES = (4, 2, 2, 2)
+#: How the decoder's output becomes depth. ``residual`` (the first bundled weights): LOW
+#: plus a free correction. ``gated``: a per-pixel softmax over LOW, frequency merges of
+#: LOW and HIGH at ``fusion_sigmas`` px and HIGH (:mod:`.fusion`), initialised to LOW.
+FUSIONS = ("residual", "gated")
 #: Every network input is padded to a multiple of this.
 TOTAL_STRIDE = STEM_STRIDE * 4 * 2 * 2 * 2
 
@@ -42,6 +46,10 @@ class RefinerConfig:
     the full-resolution depth head. ``depthwise`` swaps the 3x3 convolutions of the stem and
     the decoder for depthwise-separable ones (speed). ``max_side`` bounds the long side the
     network runs at; larger inputs are guided-upsampled (``guided_radius``/``guided_eps``).
+    ``fusion`` picks the output head (see :data:`FUSIONS`); ``fusion_sigmas`` are the
+    gated head's frequency-merge scales in pixels of the network's input (they scale with
+    the map when it runs downsampled). Configs saved before ``fusion`` existed load as
+    ``residual``.
     """
 
     name: str = "custom"
@@ -62,6 +70,8 @@ class RefinerConfig:
     guided_radius: int = 2
     guided_eps: float = 1e-4
     drop_path_rate: float = 0.0
+    fusion: str = "residual"
+    fusion_sigmas: tuple[float, ...] = (3.0, 8.0, 24.0)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -111,6 +121,15 @@ class RefinerConfig:
             raise ValueError(f"guided_eps must be > 0, got {self.guided_eps!r}")
         if not 0.0 <= float(self.drop_path_rate) < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        try:
+            sigmas = tuple(float(v) for v in self.fusion_sigmas)
+        except (TypeError, ValueError):
+            raise ValueError(f"fusion_sigmas must be a sequence of numbers, got {self.fusion_sigmas!r}") from None
+        if not sigmas or any(not 0 < v <= 256 for v in sigmas) or list(sigmas) != sorted(set(sigmas)):
+            raise ValueError(f"fusion_sigmas must be increasing, distinct, in (0, 256] px, got {self.fusion_sigmas!r}")
+        set_(self, "fusion_sigmas", sigmas)
         set_(self, "guided_eps", float(self.guided_eps))
         set_(self, "drop_path_rate", float(self.drop_path_rate))
 
@@ -163,8 +182,11 @@ PRESETS: dict[str, RefinerConfig] = {
         head_channels=8,
         depthwise=False,
         max_side=1024,
+        fusion="gated",
     ),
-    # CPU default: same structure, one block per MiT stage, slim interaction and decoder.
+    # CPU default: same structure, one block per MiT stage, slim interaction and decoder,
+    # and the gated fusion head (output = per-pixel mix of LOW, LOW/HIGH frequency merges
+    # and HIGH; the untrained network returns LOW).
     # max_side 1024 = the default HIGH resolution: the weights are trained at the HIGH
     # prediction's pixel scale and lose most of their gain when run downsampled (on
     # middlebury2014q at default simulated noise, one-stage D3R 0.048 at 512 vs 0.021 at 1024).
@@ -181,8 +203,13 @@ PRESETS: dict[str, RefinerConfig] = {
         interaction_ffn=320,
         decoder_channels=(96, 64, 48, 32, 16, 12, 8),
         mask_channels=8,
-        head_channels=8,
+        head_channels=16,
         depthwise=True,
         max_side=1024,
+        fusion="gated",
     ),
 }
+# The first bundled weights' design (output = LOW + a free learned correction), kept to
+# load them and to compare designs on one budget (docs/QUALITY.md).
+PRESETS["sddr-small-residual"] = PRESETS["sddr-small"].replace(
+    name="sddr-small-residual", head_channels=8, fusion="residual")

@@ -4,8 +4,12 @@ Layout (see docs/METHOD.md): a residual stem (1/2, 1/4, 1/8) and a SegFormer MiT
 fed the 1/4 stem features (1/16 ... 1/128) are shared by the low- and high-res inputs,
 which run as one batch. The deepest low/high features attend to each other jointly.
 A top-down decoder fuses each level's skip as ``Omega * F_high + (1 - Omega) * F_low``
-with a predicted soft mask Omega, and predicts depth as a residual over the low input.
-Inputs larger than ``config.max_side`` run downsampled and are guided-upsampled back.
+with a predicted soft mask Omega. The output head is either ``gated`` (a per-pixel softmax
+over LOW, LOW/HIGH frequency merges and HIGH, see :mod:`.fusion`; initialised to return
+LOW) or the legacy ``residual`` (LOW plus a free correction).
+Inputs larger than ``config.max_side`` run downsampled; the gated head's weights are then
+upsampled and applied to candidates built at full size, the residual head's depth is
+guided-upsampled.
 """
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
 from .config import MIT_PATCH_SIZES, MIT_STRIDES, TOTAL_STRIDE, RefinerConfig
+from .fusion import blend_candidates, fusion_candidates
 from .upsample import area_resize, guided_upsample
 
 
 class RefinerOutput(NamedTuple):
     """Refined depth (input size), side outputs at network/2 and network/4 resolution, and
     the soft masks Omega (1 = detail taken from the high-res input) at input, network/2 and
-    network/4 resolution. All are Bx1xHxW."""
+    network/4 resolution. All are Bx1xHxW. The gated head also returns its candidate
+    ``weights`` (BxKxHxW, input size; None for the residual head); its full-size Omega is
+    one minus the weight of LOW."""
 
     depth: torch.Tensor
     side2: torch.Tensor
@@ -32,6 +39,7 @@ class RefinerOutput(NamedTuple):
     omega: torch.Tensor
     omega2: torch.Tensor
     omega4: torch.Tensor
+    weights: torch.Tensor | None = None
 
 
 def network_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -146,6 +154,11 @@ def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
+#: Initial logit of the LOW candidate in the gated head (the others start at 0):
+#: softmax weight 0.990 on LOW with 4 other candidates.
+LOW_LOGIT = 6.0
+
+
 class SDDRNet(nn.Module):
     """The refinement network N_r. ``forward(low, high)`` takes Bx1xHxW maps in [0, 1] of any
     size and returns a :class:`RefinerOutput`; ``forward_network`` is the core at a padded
@@ -187,13 +200,25 @@ class SDDRNet(nn.Module):
         self.head4 = nn.Conv2d(outs[5], 1, 3, padding=1)
         self.head2 = nn.Conv2d(outs[6], 1, 3, padding=1)
         hc = config.head_channels
+        self.gated = config.fusion == "gated"
         self.head_proj = nn.Conv2d(outs[6], hc, 3, padding=1)
-        self.head_in = nn.Conv2d(2, hc, 3, padding=1)
-        self.head_out = nn.Conv2d(hc, 1, 3, padding=1)
+        if self.gated:
+            k = 2 + len(config.fusion_sigmas)
+            # sees LOW, aligned HIGH and every other candidate's difference to LOW
+            self.head_in = nn.Conv2d(k + 1, hc, 3, padding=1)
+            self.head_mid = nn.Conv2d(hc, hc, 3, padding=1)
+            self.head_out = nn.Conv2d(hc, k, 3, padding=1)
+        else:
+            self.head_in = nn.Conv2d(2, hc, 3, padding=1)
+            self.head_out = nn.Conv2d(hc, 1, 3, padding=1)
         with torch.no_grad():
             for conv in (self.head4, self.head2, self.head_out):
                 conv.weight.mul_(0.1)
                 conv.bias.zero_()
+            if self.gated:
+                # untrained: weight ~0.99 on LOW, so the network starts as the identity on LOW
+                self.head_out.weight.zero_()
+                self.head_out.bias[0] = LOW_LOGIT
 
     @property
     def dtype(self) -> torch.dtype:
@@ -207,8 +232,13 @@ class SDDRNet(nn.Module):
         stages = self.mit(pixel_values=s2, output_hidden_states=True).hidden_states
         return [*reversed(stages), s3, s2, s1]
 
-    def forward_network(self, low: torch.Tensor, high: torch.Tensor) -> RefinerOutput:
-        """Core network on inputs whose H and W are multiples of 128; outputs at that size."""
+    def forward_network(self, low: torch.Tensor, high: torch.Tensor,
+                        candidates: torch.Tensor | None = None) -> RefinerOutput:
+        """Core network on inputs whose H and W are multiples of 128; outputs at that size.
+
+        ``candidates`` (gated head): the fusion candidates at that size, when the caller
+        built them before padding; by default they are built from ``low`` and ``high``.
+        """
         if low.shape[-2] % TOTAL_STRIDE or low.shape[-1] % TOTAL_STRIDE:
             raise ValueError(f"forward_network needs H and W divisible by {TOTAL_STRIDE}, got {tuple(low.shape)}")
         b = low.shape[0]
@@ -228,10 +258,17 @@ class SDDRNet(nn.Module):
         d4, d2 = decoded[5], decoded[6]
         side4 = F.avg_pool2d(low, 4) + self.head4(d4)
         side2 = F.avg_pool2d(low, 2) + self.head2(d2)
-        feat = _upsample_to(self.head_proj(d2), low) + self.head_in(torch.cat([low, high], dim=1))
-        depth = low + self.head_out(torch.relu_(feat))
-        omega = _upsample_to(omegas[6], low)
-        return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
+        if not self.gated:
+            feat = _upsample_to(self.head_proj(d2), low) + self.head_in(torch.cat([low, high], dim=1))
+            depth = low + self.head_out(torch.relu_(feat))
+            omega = _upsample_to(omegas[6], low)
+            return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
+        cands = fusion_candidates(low, high, self.config.fusion_sigmas) if candidates is None else candidates
+        head_input = torch.cat([low, cands[:, -1:], cands[:, 1:] - low], dim=1)
+        feat = torch.relu_(_upsample_to(self.head_proj(d2), low) + self.head_in(head_input))
+        logits = self.head_out(torch.relu_(self.head_mid(feat)))
+        depth, weights = blend_candidates(cands, logits)
+        return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, max_side: int | None = None) -> RefinerOutput:
         """Refine ``low`` with ``high`` (both Bx1xHxW in [0, 1], same size, any H and W).
@@ -255,12 +292,23 @@ class SDDRNet(nn.Module):
         resized = (h, w) != (height, width)
         b = low.shape[0]
         low_n, high_n = area_resize(torch.cat([low, high], dim=0), (h, w)).split(b) if resized else (low, high)
-        out = self.forward_network(pad_to_multiple(low_n, TOTAL_STRIDE), pad_to_multiple(high_n, TOTAL_STRIDE))
+        cands = None
+        if self.gated:  # built before padding, so the output mixes the true map's candidates
+            cands = pad_to_multiple(fusion_candidates(low_n, high_n, self.config.fusion_sigmas), TOTAL_STRIDE)
+        out = self.forward_network(pad_to_multiple(low_n, TOTAL_STRIDE), pad_to_multiple(high_n, TOTAL_STRIDE), cands)
         h2, w2 = -(-h // 2), -(-w // 2)
         h4, w4 = -(-h // 4), -(-w // 4)
         depth = out.depth[..., :h, :w]
         omega = out.omega[..., :h, :w]
-        if resized:
+        weights = None if out.weights is None else out.weights[..., :h, :w]
+        if resized and weights is not None:
+            # the mix chosen at network size, applied to candidates made at full size
+            weights = F.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
+            scale = max(height, width) / max(h, w)
+            sigmas = tuple(s * scale for s in self.config.fusion_sigmas)
+            depth = (weights * fusion_candidates(low, high, sigmas)).sum(1, keepdim=True)
+            omega = 1 - weights[:, :1]
+        elif resized:
             cfg = self.config
             depth = guided_upsample(depth, high_n, high, cfg.guided_radius, cfg.guided_eps)
             omega = F.interpolate(omega, size=(height, width), mode="bilinear", align_corners=False)
@@ -271,4 +319,5 @@ class SDDRNet(nn.Module):
             omega=omega,
             omega2=out.omega2[..., :h2, :w2],
             omega4=out.omega4[..., :h4, :w4],
+            weights=weights,
         )

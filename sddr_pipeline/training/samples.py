@@ -17,7 +17,11 @@ Augmentation, all drawn from ``numpy.random.default_rng([seed, index])`` so exam
   a synthetic source renders a fresh scene per example (scene seed in [0, 2**62); the
   validation scenes use seeds >= 2**62, so they are never trained on);
 * simulated predictor: ``cons``, ``edge``, ``texture`` uniform over :class:`NoiseRanges`
-  (defaults 0.05-0.3, 1-4 px, 0-0.5) and a fresh noise seed per example;
+  (defaults 0.05-0.3, 1-4 px, 0-0.5) and a fresh noise seed per example; with
+  probability ``noise.clean`` all three are 0 (the identity cases: LOW differs from the
+  truth only by its resolution); with probability ``noise.mixed`` the HIGH prediction
+  mixes two noise draws over a random soft partition of the image
+  (:class:`MixedNoisePredictor`: one part nearly exact, the other badly broken, say);
 * scale jitter: the box side, in HIGH-prediction pixels, is ``crop * U(crop_scale)``
   (1.0 = the high map at its native resolution, as the network sees it at inference),
   capped by the high map's short side;
@@ -61,6 +65,7 @@ from ..data import Dataset, make_scene, open_dataset
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
 from ..predictors import OutputKind, Predictor, PredictorSpec, SampleContext, get_predictor
 from ..predictors.base import parse_options
+from ..predictors.simulated import noise_rng, random_waves
 
 #: Scene seeds at or above this value are reserved for validation scenes.
 VALIDATION_SEED_BASE = 2**62
@@ -127,11 +132,16 @@ class Batch:
 
 @dataclass(frozen=True)
 class NoiseRanges:
-    """Uniform ranges of the simulated predictor's noise levels, sampled per example."""
+    """Uniform ranges of the simulated predictor's noise levels, sampled per example;
+    ``clean``: probability of an example with no noise; ``mixed``: probability that its
+    HIGH map mixes two noise draws (see the module docstring). Both 0 draw nothing, so
+    recipes without them make the same examples as before they existed."""
 
     cons: tuple[float, float] = (0.05, 0.3)
     edge: tuple[float, float] = (1.0, 4.0)
     texture: tuple[float, float] = (0.0, 0.5)
+    clean: float = 0.0
+    mixed: float = 0.0
 
     def __post_init__(self) -> None:
         limits = {"cons": (0.0, 0.5), "edge": (0.0, 8.0), "texture": (0.0, 1.0)}
@@ -144,6 +154,11 @@ class NoiseRanges:
             if not lo_lim <= lo <= hi <= hi_lim:
                 raise ValueError(f"noise.{key} must satisfy {lo_lim:g} <= min <= max <= {hi_lim:g}, got {value!r}")
             object.__setattr__(self, key, (lo, hi))
+        for key in ("clean", "mixed"):
+            value = float(getattr(self, key))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"noise.{key} must be a probability in [0, 1], got {getattr(self, key)!r}")
+            object.__setattr__(self, key, value)
 
 
 @dataclass(frozen=True)
@@ -379,6 +394,32 @@ def stack(examples: Sequence[TrainingExample]) -> Batch:
     )
 
 
+class MixedNoisePredictor:
+    """Two simulated predictors that share the LOW regime (the first one's) and mix their
+    HIGH maps over a random soft partition of the frame: ``m * first + (1 - m) * second``,
+    ``m`` a logistic of a smooth random field (plane waves of 0.5-2 cycles per long side,
+    transitions ~5 % of the long side wide), drawn from ``seed`` and the crop box."""
+
+    kind = OutputKind("disparity", metric=False)
+
+    def __init__(self, first: Predictor, second: Predictor, seed: int) -> None:
+        self.first, self.second, self.seed = first, second, int(seed)
+        self.name = f"mixed({first.name}|{second.name}|{self.seed})"
+        self.default_resolutions = getattr(first, "default_resolutions", None)
+
+    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
+        a = self.first.predict(image, resolution, context)
+        if self.first.regime(resolution) == "low":  # type: ignore[attr-defined]
+            return a
+        b = self.second.predict(image, resolution, context)
+        h, w = image.shape[:2]
+        box = (context.crop if context is not None and context.crop else None) or (0, 0, h, w)
+        rng = noise_rng(self.seed, getattr(context, "name", ""), box, "mix")
+        field = random_waves(a.shape, rng, (0.5, 2.0))
+        m = 1.0 / (1.0 + np.exp(-4.0 * field))
+        return (m * a + (1.0 - m) * b).astype(np.float32)
+
+
 def crop_window_predictor(
     settings: ExampleSettings, predictor: Predictor, simulated: str | None
 ) -> tuple[Predictor, int]:
@@ -393,6 +434,8 @@ def crop_window_predictor(
     """
     if simulated is None:
         return predictor, settings.high_res
+    if isinstance(predictor, MixedNoisePredictor):  # its windows see the first noise draw only
+        simulated = predictor.first.name
     low = max(1, round(settings.crop * settings.low_res / settings.high_res))
     options = parse_options(PredictorSpec.parse(simulated).arg or "")
     return get_predictor(simulated_spec(
@@ -511,12 +554,16 @@ class ExampleSource:
         simulated: str | None = None
         if self._simulated:
             n = s.noise
-            simulated = simulated_spec(
-                s.predictor, s.low_res, s.high_res,
-                cons=rng.uniform(*n.cons), edge=rng.uniform(*n.edge), texture=rng.uniform(*n.texture),
-                seed=int(rng.integers(0, 2**31)),
-            )
+            cons, edge, texture = rng.uniform(*n.cons), rng.uniform(*n.edge), rng.uniform(*n.texture)
+            seed = int(rng.integers(0, 2**31))
+            if n.clean > 0 and rng.random() < n.clean:
+                cons = edge = texture = 0.0
+            simulated = simulated_spec(s.predictor, s.low_res, s.high_res, cons, edge, texture, seed)
             predictor = get_predictor(simulated)
+            if n.mixed > 0 and rng.random() < n.mixed:
+                other = simulated_spec(s.predictor, s.low_res, s.high_res, rng.uniform(*n.cons), edge,
+                                       rng.uniform(*n.texture), int(rng.integers(0, 2**31)))
+                predictor = MixedNoisePredictor(predictor, get_predictor(other), int(rng.integers(0, 2**31)))
         else:
             predictor = self._fixed_predictor()
         windows = crop_window_predictor(s, predictor, simulated) if origin else None

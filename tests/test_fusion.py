@@ -1,0 +1,110 @@
+"""The gated fusion head: candidates, blending, and the identity properties the network
+has by construction (LOW where its inputs agree; never outside the candidates)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sddr_pipeline.models import PRESETS, Refiner, RefinerConfig, SDDRNet
+from sddr_pipeline.models.fusion import align_to, blend_candidates, fusion_candidates, gaussian_blur
+from sddr_pipeline.models.network import LOW_LOGIT
+
+
+def _maps(h: int = 96, w: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 1, h, w, generator=g)
+    high = torch.rand(1, 1, h, w, generator=g)
+    return low, high
+
+
+def test_align_to_recovers_an_affine_copy_and_handles_flat_maps() -> None:
+    ref = torch.rand(2, 1, 16, 20, generator=torch.Generator().manual_seed(1))
+    src = (ref - 3.0) / 2.0
+    torch.testing.assert_close(align_to(src, ref), ref, atol=1e-6, rtol=0)
+    flat = torch.full_like(ref, 5.0)
+    out = align_to(flat, ref)
+    torch.testing.assert_close(out, ref.mean(dim=(2, 3), keepdim=True).expand_as(ref), atol=1e-6, rtol=0)
+
+
+def test_candidates_are_low_freq_merges_and_aligned_high() -> None:
+    low, high = _maps()
+    cands = fusion_candidates(low, 2 * high + 1, (2.0, 6.0))
+    assert cands.shape == (1, 4, 96, 128)
+    torch.testing.assert_close(cands[:, :1], low)
+    aligned = align_to(high, low)
+    torch.testing.assert_close(cands[:, 3:], aligned, atol=1e-5, rtol=0)
+    expect = gaussian_blur(low, 2.0) + aligned - gaussian_blur(aligned, 2.0)
+    torch.testing.assert_close(cands[:, 1:2], expect, atol=1e-5, rtol=0)
+
+
+def test_candidates_all_equal_low_when_inputs_agree() -> None:
+    low, _ = _maps()
+    cands = fusion_candidates(low, low.clone(), (3.0, 8.0, 24.0))
+    torch.testing.assert_close(cands, low.expand_as(cands), atol=1e-6, rtol=0)
+
+
+def test_blend_is_a_convex_mix() -> None:
+    cands = torch.stack([torch.full((4, 5), float(v)) for v in (0, 1, 2)])[None]
+    logits = torch.zeros(1, 3, 4, 5)
+    logits[:, 2] = 50.0
+    depth, weights = blend_candidates(cands, logits)
+    torch.testing.assert_close(depth, torch.full((1, 1, 4, 5), 2.0))
+    torch.testing.assert_close(weights.sum(1), torch.ones(1, 4, 5))
+    depth, _ = blend_candidates(cands, torch.zeros(1, 3, 4, 5))
+    torch.testing.assert_close(depth, torch.full((1, 1, 4, 5), 1.0))
+
+
+def test_untrained_gated_net_returns_low() -> None:
+    net = Refiner.from_config("sddr-small", seed=0).net
+    low, high = _maps()
+    with torch.no_grad():
+        out = net(low, high)
+        cands = fusion_candidates(low, high, net.config.fusion_sigmas)
+    k = cands.shape[1]
+    w_low = torch.exp(torch.tensor(LOW_LOGIT)) / (torch.exp(torch.tensor(LOW_LOGIT)) + k - 1)
+    bound = (1 - w_low) * (cands - low).abs().amax(1, keepdim=True)
+    assert bool(((out.depth - low).abs() <= bound + 1e-6).all())
+    assert out.weights is not None and out.weights.shape == (1, k, 96, 128)
+    torch.testing.assert_close(out.omega, 1 - out.weights[:, :1])
+
+
+def _scrambled(seed: int) -> SDDRNet:
+    """A gated net whose head weights are random (as after training): the properties below
+    must hold for ANY weights, not only at initialisation."""
+    net = Refiner.from_config("sddr-small", seed=seed).net
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (net.head_out.weight, net.head_out.bias):
+            p.copy_(torch.randn(p.shape, generator=g) * 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("size", [(96, 128), (700, 1500)])
+def test_any_gated_net_returns_low_where_inputs_agree(size: tuple[int, int]) -> None:
+    net = _scrambled(3)
+    low, _ = _maps(*size, seed=4)
+    with torch.no_grad():
+        out = net(low, low.clone())
+    torch.testing.assert_close(out.depth, low, atol=2e-6, rtol=0)
+
+
+def test_any_gated_net_stays_inside_its_candidates() -> None:
+    net = _scrambled(5)
+    low, high = _maps(seed=6)
+    with torch.no_grad():
+        out = net(low, high)
+        cands = fusion_candidates(low, high, net.config.fusion_sigmas)
+    assert bool((out.depth >= cands.amin(1, keepdim=True) - 1e-5).all())
+    assert bool((out.depth <= cands.amax(1, keepdim=True) + 1e-5).all())
+
+
+def test_fusion_config_is_validated_and_old_configs_load_as_residual() -> None:
+    with pytest.raises(ValueError, match="fusion must be"):
+        RefinerConfig(fusion="free")
+    with pytest.raises(ValueError, match="fusion_sigmas"):
+        RefinerConfig(fusion_sigmas=(8.0, 3.0))
+    data = PRESETS["sddr-small"].to_dict()
+    del data["fusion"], data["fusion_sigmas"]
+    assert RefinerConfig.from_dict(data).fusion == "residual"
+    assert PRESETS["sddr-small"].fusion == "gated"
+    assert PRESETS["sddr-small-residual"].fusion == "residual"
