@@ -192,3 +192,11 @@ def test_edge_density_and_resolution_policy():
     assert pol.resolution(1024, 0.06) == 1024  # average density -> base
     assert pol.resolution(1024, 0.0) == 768  # flat -> lo x base
     assert pol.resolution(1024, 1.0) == 1280  # dense -> hi x base
+
+
+def test_denormalize_like_inverts_the_window_normalisation_exactly():
+    from sddr_pipeline.inference.normalize import minmax_normalize_batch
+    from sddr_pipeline.inference.two_stage import denormalize_like
+
+    ref = torch.rand(3, 1, 20, 30, generator=torch.Generator().manual_seed(0)) * 5 + 2
+    torch.testing.assert_close(denormalize_like(minmax_normalize_batch(ref), ref), ref, atol=1e-5, rtol=0)

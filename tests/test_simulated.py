@@ -232,3 +232,16 @@ def test_missing_gt_is_a_clear_error() -> None:
             pred.predict(flat_image(), 384, ctx)
     with pytest.raises(PredictorError, match="does not match the image"):
         pred.predict(flat_image(), 384, SampleContext(name="x", gt=np.ones((100, 100))))
+
+
+def test_voronoi_labels_match_a_kd_tree_query():
+    from scipy.spatial import cKDTree
+
+    from sddr_pipeline.predictors.simulated import voronoi_labels
+
+    for shape, seed in (((45, 61), 0), ((128, 97), 1), ((3, 200), 2)):
+        labels = voronoi_labels(shape, np.random.default_rng(seed))
+        seeds = np.random.default_rng(seed).uniform(size=(16, 2)) * shape
+        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+        expect = cKDTree(seeds).query(np.stack([yy.ravel() + 0.5, xx.ravel() + 0.5], axis=1))[1].reshape(shape)
+        np.testing.assert_array_equal(labels, expect)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from sddr_pipeline.inference.normalize import resize
 from sddr_pipeline.models import Refiner
-from sddr_pipeline.predictors import OutputKind, working_size
+from sddr_pipeline.data import make_scene
+from sddr_pipeline.predictors import OutputKind, SampleContext, get_predictor, working_size
 from sddr_pipeline.training import ConfigError, ExampleSource, load_config, parse_override, recipe_path, train
 from sddr_pipeline.training.config import config_from_dict
 from sddr_pipeline.training.samples import SourceSpec, crop_target, gt_disparity, make_example
@@ -170,6 +171,40 @@ def test_examples_are_deterministic_per_index_and_normalised(tmp_path):
     for t in (a.low, a.high):
         assert float(t.min()) == 0.0 and float(t.max()) == 1.0
     assert bool(a.mask.all())  # synthetic depth is dense
+
+
+def test_clean_examples_have_no_noise_and_mixed_ones_mix_two_high_maps(tmp_path):
+    from sddr_pipeline.training.samples import MixedNoisePredictor
+
+    clean = ExampleSource(*_source_args(tmp_path, {"cons": [0.2, 0.3], "edge": [2, 3], "texture": [0.3, 0.4], "clean": 1.0}))
+    noisy = ExampleSource(*_source_args(tmp_path, {"cons": [0.2, 0.3], "edge": [2, 3], "texture": [0.3, 0.4]}))
+    a, b = clean.example(2), noisy.example(2)
+    assert not torch.equal(a.high, b.high)
+    # no noise: HIGH is the normalised ground truth, exactly where the target is valid
+    torch.testing.assert_close(a.high[a.mask], a.target[a.mask], atol=1e-5, rtol=0)
+    mixed = ExampleSource(*_source_args(tmp_path, {"cons": [0.2, 0.3], "edge": [2, 3], "texture": [0.3, 0.4], "mixed": 1.0}))
+    m1, m2 = mixed.example(2), mixed.example(2)
+    assert torch.equal(m1.high, m2.high) and not torch.equal(m1.high, b.high)
+    first, second = get_predictor("simulated:cons=0.3,seed=1"), get_predictor("simulated:cons=0,texture=0,seed=2")
+    mix = MixedNoisePredictor(first, second, seed=7)
+    scene = make_scene(48, 64, seed=1)
+    ctx = SampleContext(name="s", gt=scene.depth, gt_kind="depth")
+    low_a, low_m = first.predict(scene.rgb, 100, ctx), mix.predict(scene.rgb, 100, ctx)
+    np.testing.assert_array_equal(low_a, low_m)
+    ha, hb, hm = (p.predict(scene.rgb, 1024, ctx) for p in (first, second, mix))
+    lo, hi = np.minimum(ha, hb), np.maximum(ha, hb)
+    assert np.all(hm >= lo - 1e-6) and np.all(hm <= hi + 1e-6)
+    assert np.abs(hm - ha).mean() > 1e-3 and np.abs(hm - hb).mean() > 1e-3
+
+
+def test_noise_probabilities_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="noise.clean"):
+        config_from_dict(tiny(tmp_path, noise={"clean": 1.5}))
+
+
+def _source_args(tmp_path, noise):
+    cfg = config_from_dict(tiny(tmp_path, noise=noise))
+    return cfg.data, cfg.examples
 
 
 def test_validation_sets_are_refused_as_training_data(tmp_path):

@@ -4,8 +4,9 @@ used for two-stage inference here and for self-distillation pseudo-labels (G_S).
 Step 0 is one-stage refinement of the whole image. Step s = 1..S splits the current
 estimate into (s+1)^2 overlapping windows; each window is predicted again at a working
 resolution chosen from its edge density, refined against the current estimate's crop
-(the consistent "low" input), aligned to that crop by least squares in the GRADIENT
-domain, and the windows are blended with feathered weights into the next estimate.
+(the consistent "low" input), brought back to that crop's units (gated refiner: exactly,
+by inverting the crop's normalisation; legacy residual refiner: least squares in the
+GRADIENT domain), and the windows are blended with feathered weights into the next estimate.
 """
 from __future__ import annotations
 
@@ -39,7 +40,12 @@ class TwoStageConfig:
     the window's full size. ``None`` runs every window at the preset's ``max_side``.
     The window-resolution policy reads edge maps computed at ``policy_side`` px (long
     side) at most: densities need no more, and G at full size is computed once, at the end.
-    Windows are aligned in the gradient domain after a Gaussian blur of ``align_sigma``
+    A gated refiner's window output is brought back to the estimate's units exactly, by
+    inverting the min-max normalisation of its estimate crop (:func:`denormalize_like`):
+    it is a mix of that crop and detail aligned to it, so a fit can only add error (the
+    fit's scale errors were why windows made two-stage worse than one-stage). The two
+    settings below apply to the legacy residual refiner only:
+    windows are aligned in the gradient domain after a Gaussian blur of ``align_sigma``
     x the window's long side on both maps (see :func:`align_gradient_batch`).
     ``anchor_sigma`` > 0 (an extension of the paper; 0 disables it) additionally keeps
     the current estimate's low frequencies in each window: the window contributes only
@@ -87,6 +93,27 @@ def _image_box(box: Box, work: tuple[int, int], image: tuple[int, int]) -> Box:
         max(int(round(y1 * sy)), int(round(y0 * sy)) + 1),
         max(int(round(x1 * sx)), int(round(x0 * sx)) + 1),
     )
+
+
+def denormalize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Invert the per-sample min-max normalisation of ``reference`` (Bx1xHxW) on ``x``:
+    a gated window's output, a mix of its normalised estimate crop and detail aligned to
+    it, is thereby in the estimate's units exactly, with no fit."""
+    flat = reference.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    return x * (hi - lo) + lo
+
+
+def _align_residual_windows(depth: torch.Tensor, current: torch.Tensor, config: "TwoStageConfig", side: int) -> torch.Tensor:
+    """Residual-head windows: gradient-domain least squares to the estimate crop, then the
+    anchor (the crop's low frequencies replace the window's)."""
+    scale, shift = align_gradient_batch(depth, current, sigma=config.align_sigma * side)
+    aligned = scale.view(-1, 1, 1, 1) * depth + shift.view(-1, 1, 1, 1)
+    if config.anchor_sigma > 0:
+        sig = config.anchor_sigma * side
+        aligned = aligned - gaussian_blur(aligned, sig) + gaussian_blur(current, sig)
+    return aligned
 
 
 def policy_edges(estimate: torch.Tensor, side: int) -> torch.Tensor:
@@ -141,11 +168,10 @@ def coarse_to_fine(
             high = torch.cat([resize(p, (bh, bw)) for p in prepare_prediction_batch(preds, predictor.kind, estimate.device)])
             current = torch.cat([estimate[..., y0:y1, x0:x1] for (y0, x0, y1, x1) in (boxes[i] for i in idx)])
             out = refiner(minmax_normalize_batch(current), minmax_normalize_batch(high), max_side=net_side)
-            scale, shift = align_gradient_batch(out.depth.float(), current, sigma=config.align_sigma * max(bh, bw))
-            aligned = scale.view(-1, 1, 1, 1) * out.depth.float() + shift.view(-1, 1, 1, 1)
-            if config.anchor_sigma > 0:
-                sig = config.anchor_sigma * max(bh, bw)
-                aligned = aligned - gaussian_blur(aligned, sig) + gaussian_blur(current, sig)
+            if getattr(refiner.config, "fusion", "residual") == "gated":
+                aligned = denormalize_like(out.depth.float(), current)
+            else:
+                aligned = _align_residual_windows(out.depth.float(), current, config, max(bh, bw))
             aligned = clamp_to_local_range(aligned, current, clamp_radius((height, width), config.range_clamp))
             for j, i in enumerate(idx):
                 refined[i] = aligned[j, 0]

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates
-from scipy.spatial import cKDTree
 
 from .base import (
     BasePredictor,
@@ -138,9 +137,16 @@ def voronoi_labels(shape: tuple[int, int], rng: np.random.Generator, n: int = N_
     """Label map of the Voronoi cells of ``n`` seeds drawn uniformly in the frame."""
     h, w = shape
     seeds = rng.uniform(size=(n, 2)) * (h, w)
-    yy, xx = np.mgrid[0:h, 0:w]
-    pixels = np.stack([yy.ravel() + 0.5, xx.ravel() + 0.5], axis=1)
-    return cKDTree(seeds).query(pixels)[1].reshape(h, w)
+    dy2 = ((np.arange(h) + 0.5)[None, :] - seeds[:, :1]) ** 2
+    dx2 = ((np.arange(w) + 0.5)[None, :] - seeds[:, 1:]) ** 2
+    labels = np.zeros((h, w), dtype=np.intp)
+    best = dy2[0][:, None] + dx2[0][None, :]
+    for k in range(1, n):  # separable squared distances: one pass per seed, no k-d tree
+        d = dy2[k][:, None] + dx2[k][None, :]
+        nearer = d < best
+        labels[nearer] = k
+        np.minimum(best, d, out=best)
+    return labels
 
 
 @dataclass(frozen=True)
