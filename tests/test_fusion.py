@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sddr_pipeline.models import PRESETS, Refiner, RefinerConfig, SDDRNet
-from sddr_pipeline.models.fusion import align_to, blend_candidates, fusion_candidates, gaussian_blur
+from sddr_pipeline.models.fusion import align_to, blend_candidates, fusion_candidates, gaussian_blur, median_blur
 from sddr_pipeline.models.network import LOW_LOGIT
 
 
@@ -26,20 +26,42 @@ def test_align_to_recovers_an_affine_copy_and_handles_flat_maps() -> None:
     torch.testing.assert_close(out, ref.mean(dim=(2, 3), keepdim=True).expand_as(ref), atol=1e-6, rtol=0)
 
 
-def test_candidates_are_low_freq_merges_and_aligned_high() -> None:
+def test_median_blur_matches_a_brute_force_median() -> None:
+    x = torch.rand(1, 1, 9, 11, generator=torch.Generator().manual_seed(2))
+    out = median_blur(x, 3)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")[0, 0]
+    expect = torch.stack([padded[i:i + 3, j:j + 3].flatten().median() for i in range(9) for j in range(11)]).view(9, 11)
+    torch.testing.assert_close(out[0, 0], expect)
+    assert median_blur(x, 1) is x
+
+
+def test_candidates_are_low_plus_filtered_differences() -> None:
     low, high = _maps()
-    cands = fusion_candidates(low, 2 * high + 1, (2.0, 6.0))
-    assert cands.shape == (1, 4, 96, 128)
+    cands = fusion_candidates(low, 2 * high + 1, (2.0, 6.0), median=3)
+    assert cands.shape == (1, 5, 96, 128)
     torch.testing.assert_close(cands[:, :1], low)
     aligned = align_to(high, low)
-    torch.testing.assert_close(cands[:, 3:], aligned, atol=1e-5, rtol=0)
-    expect = gaussian_blur(low, 2.0) + aligned - gaussian_blur(aligned, 2.0)
-    torch.testing.assert_close(cands[:, 1:2], expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cands[:, 4:], aligned, atol=1e-5, rtol=0)
+    m = median_blur(aligned - low, 3)
+    torch.testing.assert_close(cands[:, 3:4], low + m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cands[:, 1:2], low + m - gaussian_blur(m, 2.0), atol=1e-5, rtol=0)
+
+
+def test_the_median_removes_thin_texture_and_keeps_a_depth_step() -> None:
+    low = torch.zeros(1, 1, 40, 40)
+    high = low.clone()
+    high[..., :, 20:] = 1.0  # a step LOW does not have
+    high[..., 10, :] += 0.3  # a one-pixel texture line
+    m = fusion_candidates(low, high, (3.0,), median=5)[:, 2:3]  # LOW + M
+    aligned = align_to(high, low)
+    assert float((m[..., 10, 2:18] - m[..., 12, 2:18]).abs().max()) < 1e-6  # the line is gone
+    step = m[..., 30, 25] - m[..., 30, 15]
+    torch.testing.assert_close(step, aligned[..., 30, 25] - aligned[..., 30, 15], atol=1e-5, rtol=0)
 
 
 def test_candidates_all_equal_low_when_inputs_agree() -> None:
     low, _ = _maps()
-    cands = fusion_candidates(low, low.clone(), (3.0, 8.0, 24.0))
+    cands = fusion_candidates(low, low.clone(), (3.0, 8.0, 24.0), median=5)
     torch.testing.assert_close(cands, low.expand_as(cands), atol=1e-6, rtol=0)
 
 
@@ -59,7 +81,7 @@ def test_untrained_gated_net_returns_low() -> None:
     low, high = _maps()
     with torch.no_grad():
         out = net(low, high)
-        cands = fusion_candidates(low, high, net.config.fusion_sigmas)
+        cands = fusion_candidates(low, high, net.config.fusion_sigmas, net.config.fusion_median)
     k = cands.shape[1]
     w_low = torch.exp(torch.tensor(LOW_LOGIT)) / (torch.exp(torch.tensor(LOW_LOGIT)) + k - 1)
     bound = (1 - w_low) * (cands - low).abs().amax(1, keepdim=True)
@@ -93,7 +115,7 @@ def test_any_gated_net_stays_inside_its_candidates() -> None:
     low, high = _maps(seed=6)
     with torch.no_grad():
         out = net(low, high)
-        cands = fusion_candidates(low, high, net.config.fusion_sigmas)
+        cands = fusion_candidates(low, high, net.config.fusion_sigmas, net.config.fusion_median)
     assert bool((out.depth >= cands.amin(1, keepdim=True) - 1e-5).all())
     assert bool((out.depth <= cands.amax(1, keepdim=True) + 1e-5).all())
 
@@ -103,8 +125,10 @@ def test_fusion_config_is_validated_and_old_configs_load_as_residual() -> None:
         RefinerConfig(fusion="free")
     with pytest.raises(ValueError, match="fusion_sigmas"):
         RefinerConfig(fusion_sigmas=(8.0, 3.0))
+    with pytest.raises(ValueError, match="fusion_median"):
+        RefinerConfig(fusion_median=4)
     data = PRESETS["sddr-small"].to_dict()
-    del data["fusion"], data["fusion_sigmas"]
+    del data["fusion"], data["fusion_sigmas"], data["fusion_median"]
     assert RefinerConfig.from_dict(data).fusion == "residual"
     assert PRESETS["sddr-small"].fusion == "gated"
     assert PRESETS["sddr-small-residual"].fusion == "residual"

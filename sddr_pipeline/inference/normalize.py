@@ -81,14 +81,16 @@ def minmax_normalize_batch(x: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, (x - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(x))
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
     """Resize a ...xHxW tensor: area-like (antialiased bilinear) when shrinking, bilinear
-    when enlarging; a no-op at the same size."""
+    when enlarging; a no-op at the same size. ``antialias=False`` shrinks with plain
+    bilinear sampling too: for maps that are already smooth where they are not sharp (a
+    refined depth map), which the antialiasing filter would only blur at its edges."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shape = x.shape
     x4 = x.reshape(-1, 1, *shape[-2:])
-    shrink = size[0] < shape[-2] or size[1] < shape[-1]
+    shrink = antialias and (size[0] < shape[-2] or size[1] < shape[-1])
     out = F.interpolate(x4, size=size, mode="bilinear", align_corners=False, antialias=shrink)
     return out.reshape(*shape[:-2], *size)
 

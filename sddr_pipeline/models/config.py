@@ -48,7 +48,8 @@ class RefinerConfig:
     network runs at; larger inputs are guided-upsampled (``guided_radius``/``guided_eps``).
     ``fusion`` picks the output head (see :data:`FUSIONS`); ``fusion_sigmas`` are the
     gated head's frequency-merge scales in pixels of the network's input (they scale with
-    the map when it runs downsampled). Configs saved before ``fusion`` existed load as
+    the map when it runs downsampled), ``fusion_median`` the window of the median that
+    takes RGB texture out of HIGH - LOW (see :mod:`.fusion`). Configs saved before ``fusion`` existed load as
     ``residual``.
     """
 
@@ -72,6 +73,7 @@ class RefinerConfig:
     drop_path_rate: float = 0.0
     fusion: str = "residual"
     fusion_sigmas: tuple[float, ...] = (3.0, 8.0, 24.0)
+    fusion_median: int = 5
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -130,6 +132,9 @@ class RefinerConfig:
         if not sigmas or any(not 0 < v <= 256 for v in sigmas) or list(sigmas) != sorted(set(sigmas)):
             raise ValueError(f"fusion_sigmas must be increasing, distinct, in (0, 256] px, got {self.fusion_sigmas!r}")
         set_(self, "fusion_sigmas", sigmas)
+        if isinstance(self.fusion_median, bool) or not isinstance(self.fusion_median, int) \
+                or self.fusion_median < 1 or self.fusion_median % 2 == 0 or self.fusion_median > 15:
+            raise ValueError(f"fusion_median must be an odd integer in [1, 15] (1 = no median), got {self.fusion_median!r}")
         set_(self, "guided_eps", float(self.guided_eps))
         set_(self, "drop_path_rate", float(self.drop_path_rate))
 

@@ -155,7 +155,7 @@ def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 #: Initial logit of the LOW candidate in the gated head (the others start at 0):
-#: softmax weight 0.990 on LOW with 4 other candidates.
+#: softmax weight 0.988 on LOW with 5 other candidates.
 LOW_LOGIT = 6.0
 
 
@@ -203,7 +203,7 @@ class SDDRNet(nn.Module):
         self.gated = config.fusion == "gated"
         self.head_proj = nn.Conv2d(outs[6], hc, 3, padding=1)
         if self.gated:
-            k = 2 + len(config.fusion_sigmas)
+            k = 3 + len(config.fusion_sigmas)
             # sees LOW, aligned HIGH and every other candidate's difference to LOW
             self.head_in = nn.Conv2d(k + 1, hc, 3, padding=1)
             self.head_mid = nn.Conv2d(hc, hc, 3, padding=1)
@@ -263,7 +263,7 @@ class SDDRNet(nn.Module):
             depth = low + self.head_out(torch.relu_(feat))
             omega = _upsample_to(omegas[6], low)
             return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
-        cands = fusion_candidates(low, high, self.config.fusion_sigmas) if candidates is None else candidates
+        cands = fusion_candidates(low, high, self.config.fusion_sigmas, self.config.fusion_median) if candidates is None else candidates
         head_input = torch.cat([low, cands[:, -1:], cands[:, 1:] - low], dim=1)
         feat = torch.relu_(_upsample_to(self.head_proj(d2), low) + self.head_in(head_input))
         logits = self.head_out(torch.relu_(self.head_mid(feat)))
@@ -294,7 +294,8 @@ class SDDRNet(nn.Module):
         low_n, high_n = area_resize(torch.cat([low, high], dim=0), (h, w)).split(b) if resized else (low, high)
         cands = None
         if self.gated:  # built before padding, so the output mixes the true map's candidates
-            cands = pad_to_multiple(fusion_candidates(low_n, high_n, self.config.fusion_sigmas), TOTAL_STRIDE)
+            cands = pad_to_multiple(fusion_candidates(low_n, high_n, self.config.fusion_sigmas, self.config.fusion_median),
+                                    TOTAL_STRIDE)
         out = self.forward_network(pad_to_multiple(low_n, TOTAL_STRIDE), pad_to_multiple(high_n, TOTAL_STRIDE), cands)
         h2, w2 = -(-h // 2), -(-w // 2)
         h4, w4 = -(-h // 4), -(-w // 4)
@@ -306,7 +307,9 @@ class SDDRNet(nn.Module):
             weights = F.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
             scale = max(height, width) / max(h, w)
             sigmas = tuple(s * scale for s in self.config.fusion_sigmas)
-            depth = (weights * fusion_candidates(low, high, sigmas)).sum(1, keepdim=True)
+            median = int(self.config.fusion_median * scale) if self.config.fusion_median > 1 else 1
+            median += 1 - median % 2
+            depth = (weights * fusion_candidates(low, high, sigmas, median)).sum(1, keepdim=True)
             omega = 1 - weights[:, :1]
         elif resized:
             cfg = self.config
