@@ -85,3 +85,28 @@ def test_console_script_installed():
     assert exe.exists() or shutil.which("sddr"), "the `sddr` console script is not installed"
     out = subprocess.run([str(exe) if exe.exists() else "sddr", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "sddr-pipeline" in out.stdout
+
+
+def test_packaging_metadata_builds_without_setuptools_warnings(tmp_path):
+    # issue 13: the set-up printed ~176 lines of setuptools warnings (license table, data
+    # folders absent from `packages`); the build must be quiet and still ship the data files
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lib = tmp_path / "lib"
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stdout + out.stderr, out.stdout + out.stderr
+    shipped = {p.relative_to(lib).as_posix() for p in lib.rglob("*") if p.is_file() and p.suffix != ".py"}
+    assert shipped == {
+        "sddr_pipeline/pipelines/configs/pseudolabel.yaml",
+        "sddr_pipeline/pipelines/configs/refine.yaml",
+        "sddr_pipeline/training/recipes/default.yaml",
+        "sddr_pipeline/training/recipes/default_finetune.yaml",
+        "sddr_pipeline/training/recipes/long.yaml",
+        "sddr_pipeline/training/recipes/quick.yaml",
+        "sddr_pipeline/weights/default/MODEL_CARD.md",
+        "sddr_pipeline/weights/default/config.json",
+        "sddr_pipeline/weights/default/model.safetensors",
+    }
