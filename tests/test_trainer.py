@@ -337,3 +337,26 @@ def test_init_refuses_another_architecture(tmp_path):
     cfg = config_from_dict(tiny(tmp_path / "run", steps=1, warmup_steps=0, preset="sddr-paper", init=str(tmp_path / "w")))
     with pytest.raises(ValueError, match="not a 'sddr-paper' network"):
         train(cfg, progress=None)
+
+
+def test_train_refuses_an_output_held_by_another_run(tmp_path, capsys):
+    # issue 13 item 5: one writer per `sddr train --output`, released on exit and on errors
+    import os
+    import socket
+
+    from sddr_pipeline.cli.main import main
+    from sddr_pipeline.io.lock import LOCK_NAME, OutputLockError, output_lock
+
+    out = tmp_path / "run"
+    cfg = tiny(out)
+    path = write_yaml(tmp_path / "c.yaml", json.dumps(cfg))
+    holder = f"in use by another run (pid {os.getpid()} on {socket.gethostname()}"
+    with output_lock(out):
+        with pytest.raises(OutputLockError, match=f"output {out} is in use by another run"):
+            train(config_from_dict(cfg), progress=None)
+        assert main(["train", "--config", str(path), "--quiet"]) == 1
+        assert holder in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    with pytest.raises(Interrupt):
+        train(config_from_dict(cfg), progress=stop_at(1, []))
+    assert (out / "checkpoints").is_dir() and not (out / LOCK_NAME).exists()

@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sddr train: {exc}", file=sys.stderr)
         return 2
+    from ..io.lock import OutputLockError
     from ..training.shard_source import ShardSourceError
 
     try:
@@ -123,6 +124,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ShardSourceError as exc:  # training shards that cannot be used: the message names the file
         print(f"sddr train: {exc}", file=sys.stderr)
         return 2
+    except OutputLockError as exc:  # another run holds OUTPUT: the message names it
+        print(f"sddr train: {exc}", file=sys.stderr)
+        return 1
     print(f"sddr train: weights written to {final} (use --weights {final})")
     return 0
 

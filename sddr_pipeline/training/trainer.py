@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save
 
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
 from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
+from ..io.lock import output_lock
 from ..models import Refiner, RefinerOutput
 from ..models.config import PRESETS
 from ..predictors import PredictorSpec, get_predictor
@@ -468,6 +469,8 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
     With ``resume`` the newest valid checkpoint under ``OUTPUT/checkpoints`` is continued
     (bitwise identical to an uninterrupted run on CPU); without it, this trainer's old
     checkpoints and log are removed first. ``progress`` receives one line per step.
+    The run holds OUTPUT's exclusive lock (:mod:`sddr_pipeline.io.lock`): a second
+    trainer on the same OUTPUT is refused with :class:`~sddr_pipeline.io.lock.OutputLockError`.
 
     Torch runs with ``config.threads`` intra-op threads (:data:`DEFAULT_THREADS` when
     unset), never the caller's count, which is restored on return.
@@ -475,7 +478,8 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads or DEFAULT_THREADS)
     try:
-        return _train(config, resume, progress)
+        with output_lock(config.output_dir):
+            return _train(config, resume, progress)
     finally:
         torch.set_num_threads(previous)
 
