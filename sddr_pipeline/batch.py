@@ -11,29 +11,35 @@ OUTPUT layout::
 
 Every file is written under a temporary name and renamed, so nothing is ever half
 written; a resumed run (``skip_existing``) skips images the manifest lists as done
-(and, with ``confidence``, whose confidence file exists).
+from the same content (each entry's ``fingerprint``; a changed image is redone) and,
+with ``confidence``, whose confidence file exists. Resuming an OUTPUT made from another
+INPUT is refused, and one OUTPUT has one writer at a time (``.sddr.lock``).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
+import inspect
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Callable, Literal, ParamSpec
 
 import numpy as np
 
 from . import __version__
-from .data import ImageReadError, open_dataset
+from .data import ImageReadError, Sample, open_dataset
 from .inference import RANGE_CLAMP, TwoStageConfig, refine
 from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
+from .io.lock import OutputLockError, is_lock_file, output_lock
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
+P = ParamSpec("P")
 MANIFEST = "manifest.json"
 CONFIDENCE_OUTPUT = (
     "confidence/<name>.npy: float32 HxW in [0, 1] at the input's resolution, per-pixel confidence of the refined "
@@ -92,11 +98,14 @@ def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str,
     return identity
 
 
-def _prepare_output(output: Path, identity: dict, skip_existing: bool) -> dict:
-    """Create OUTPUT, or reopen it for resuming; returns the manifest to continue."""
+def _prepare_output(output: Path, identity: dict, skip_existing: bool, source: str) -> dict:
+    """Create OUTPUT, or reopen it for resuming; returns the manifest to continue.
+
+    ``source`` is the resolved INPUT: an OUTPUT made from another INPUT is refused, since
+    images of the same name there are other images."""
     if output.exists() and not output.is_dir():
         raise RefineJobError(f"output {output} exists and is not a folder")
-    existing = output.exists() and any(output.iterdir())
+    existing = output.exists() and any(not is_lock_file(p) for p in output.iterdir())
     if existing and not skip_existing:
         raise RefineJobError(f"output folder {output} already exists and is not empty; pass --skip-existing to resume it, or choose a new folder")
     if existing:
@@ -112,6 +121,11 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool) -> dict:
             raise RefineJobError(
                 f"cannot resume {output}: it was made with a different {', '.join(diff)} "
                 f"({[old.get(k) for k in diff]} vs {[identity[k] for k in diff]}); use a new output folder"
+            )
+        if manifest.get("input") != source:
+            raise RefineJobError(
+                f"cannot resume {output}: it was made from input {manifest.get('input')}, not {source}; "
+                f"use a new output folder"
             )
         remove_temporaries(output)
         manifest["errors"] = []
@@ -131,6 +145,23 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool) -> dict:
     }
 
 
+def _holding_output_lock(job: Callable[P, JobReport]) -> Callable[P, JobReport]:
+    """Run ``job`` holding the exclusive lock of its ``output_path``
+    (:mod:`sddr_pipeline.io.lock`), so two runs never write one OUTPUT."""
+
+    @functools.wraps(job)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> JobReport:
+        output = inspect.signature(job).bind(*args, **kwargs).arguments["output_path"]
+        try:
+            with output_lock(Path(output)):
+                return job(*args, **kwargs)
+        except OutputLockError as exc:  # busy, or not a folder: the job cannot start
+            raise RefineJobError(str(exc)) from exc
+
+    return locked
+
+
+@_holding_output_lock
 def refine_folder(
     input_path: str | Path,
     output_path: str | Path,
@@ -184,8 +215,9 @@ def refine_folder(
         two_stage = replace(two_stage, range_clamp=range_clamp)
     clamp = RANGE_CLAMP if range_clamp is None else range_clamp
     identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage, scale_points, clamp)
-    manifest = _prepare_output(out, identity, skip_existing)
-    manifest["input"] = str(src.resolve())
+    source = str(src.resolve())
+    manifest = _prepare_output(out, identity, skip_existing, source)
+    manifest["input"] = source
     manifest["layout"] = dataset.layout
     if confidence:
         from .confidence import DEFAULT_E0
@@ -200,7 +232,8 @@ def refine_folder(
         for sample in dataset:
             name = _safe_name(sample.name)
             entry = images.get(name)
-            if skip_existing and _is_done(out, entry, confidence):
+            fingerprint = _input_fingerprint(sample)
+            if skip_existing and _is_done(out, entry, confidence, fingerprint):
                 report.skipped.append(name)
                 bar.update(1)
                 continue
@@ -225,6 +258,7 @@ def refine_folder(
                 )
                 stage = "write"
                 images[name] = _write_outputs(out, name, sample, image, result, save_predictions, confidence, t0)
+                images[name]["fingerprint"] = fingerprint
                 report.done.append(name)
             except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -255,10 +289,40 @@ def _scale_reference(sample, n: int):
     return sparse_reference(np.asarray(sample.gt, dtype=np.float64), n, seed=seed)
 
 
-def _is_done(out: Path, entry: dict | None, confidence: bool) -> bool:
-    """Whether a manifest entry's outputs are complete: depth, and the confidence file
-    when ``confidence`` is requested."""
-    if not entry or entry.get("status") != "done":
+def _input_fingerprint(sample: Sample) -> dict[str, Any] | None:
+    """What a sample's result depends on: the image file's size, mtime and SHA-256, and a
+    SHA-256 of its ground truth and intrinsics (predictors may use them). None when the
+    image cannot be read (the read stage then reports why)."""
+    try:
+        stat = sample.image_path.stat()
+        data = sample.image_path.read_bytes()
+    except OSError:
+        return None
+    context = hashlib.sha256()
+    for array in (sample.gt, sample.intrinsics):
+        if array is not None:
+            context.update(f"{array.dtype.str}{array.shape}".encode())
+            context.update(np.ascontiguousarray(array).tobytes())
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "context_sha256": context.hexdigest(),
+    }
+
+
+def _same_input(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """Whether an input is unchanged since it was refined; decided by content, so a copy
+    with a new mtime is not redone, and an unknown fingerprint never matches."""
+    keys = ("size", "sha256", "context_sha256")
+    return bool(recorded) and current is not None and all(recorded.get(k) == current[k] for k in keys)
+
+
+def _is_done(out: Path, entry: dict | None, confidence: bool, fingerprint: dict[str, Any] | None) -> bool:
+    """Whether a manifest entry is a complete result of the input as it is now: same
+    input fingerprint, depth written, and the confidence file when ``confidence`` is
+    requested."""
+    if not entry or entry.get("status") != "done" or not _same_input(entry.get("fingerprint"), fingerprint):
         return False
     outputs = entry.get("outputs", {})
     needed = ["depth_npy"] + (["confidence"] if confidence else [])

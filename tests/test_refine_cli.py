@@ -3,6 +3,11 @@ python predictors, a real (randomly initialised, saved and reloaded) refiner."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -12,6 +17,7 @@ from sddr_pipeline import load_depth
 from sddr_pipeline.cli.main import main
 from sddr_pipeline.data import write_synthetic_dataset
 from sddr_pipeline.io import read_png16
+from sddr_pipeline.io.lock import LOCK_NAME, output_lock
 from sddr_pipeline.models import Refiner
 
 SIM = "simulated:low=48,high=96"
@@ -249,3 +255,73 @@ def test_scale_points_refuse_images_without_metric_depth(tmp_path, images_folder
                  "--weights", str(weights), "--scale-points", "50", "--quiet"])
     assert code != 0
     assert "--scale-points needs the image's metric depth" in capsys.readouterr().err
+
+
+def _outputs_state(out):
+    return {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes()) for d in ("depth", "preview")
+            for p in sorted((out / d).iterdir())}
+
+
+def test_resume_redoes_changed_inputs(tmp_path, weights, capsys):
+    # issue 13 item 4: --skip-existing matched by name only and kept stale maps
+    from PIL import Image
+
+    src = write_synthetic_dataset(tmp_path / "synth", count=3, height=72, width=96, seed=3)
+    out = tmp_path / "out"
+    args = ["refine", str(src), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = _outputs_state(out)
+    old = json.loads((out / "manifest.json").read_text())["images"]
+    changed = src / "rgb" / "00001.png"
+    Image.fromarray(np.asarray(Image.open(changed))[:, ::-1].copy()).save(changed)
+    assert main(args + ["--skip-existing"]) == 0
+    assert "1 refined, 2 skipped" in capsys.readouterr().out
+    after = _outputs_state(out)
+    redone = {k for k in before if before[k] != after[k]}
+    assert redone == {"depth/00001.npy", "depth/00001.png", "preview/00001.png"}
+    images = json.loads((out / "manifest.json").read_text())["images"]
+    assert images["00001"]["fingerprint"]["sha256"] != old["00001"]["fingerprint"]["sha256"]
+    assert images["00001"]["fingerprint"]["size"] == changed.stat().st_size
+    assert images["00000"]["fingerprint"] == old["00000"]["fingerprint"]
+    # the README's main command with another seed rewrites every scene: all are redone
+    write_synthetic_dataset(src, count=3, height=72, width=96, seed=2000, overwrite=True)
+    assert main(args + ["--skip-existing"]) == 0
+    assert "3 refined, 0 skipped" in capsys.readouterr().out
+
+
+def test_resume_refuses_an_output_of_another_input(tmp_path, dataset, weights, capsys):
+    # issue 13 item 4: a resumed OUTPUT from another INPUT was accepted and its manifest rewritten
+    src = tmp_path / "synth"
+    shutil.copytree(dataset, src)
+    out = tmp_path / "out"
+    assert main(["refine", str(src), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    manifest = (out / "manifest.json").read_bytes()
+    assert main(["refine", str(other), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet", "--skip-existing"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume {out}: it was made from input {src.resolve()}, not {other.resolve()}" in err
+    assert (out / "manifest.json").read_bytes() == manifest
+
+
+def test_refine_refuses_an_output_held_by_another_run(tmp_path, dataset, weights, capsys):
+    # issue 13 item 5: two runs on one OUTPUT both succeeded and lost manifest updates
+    out = tmp_path / "out"
+    args = ["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]
+    with output_lock(out):
+        assert main(args) == 1
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the refused run wrote nothing
+    err = capsys.readouterr().err
+    assert f"output {out} is in use by another run (pid {os.getpid()} on {socket.gethostname()}" in err
+    # a lock left by a dead run is taken over; the lock is gone when the run ends
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": proc.pid, "host": socket.gethostname()}))
+    assert main(args) == 0
+    assert not (out / LOCK_NAME).exists()
+    # and released when the run stops on an error
+    assert main(args + ["--skip-existing", "--mode", "two-stage"]) == 1
+    assert "different mode" in capsys.readouterr().err
+    assert not (out / LOCK_NAME).exists()
