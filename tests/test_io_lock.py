@@ -107,3 +107,31 @@ def test_a_file_as_output_is_refused(tmp_path):
     path.write_text("not a folder")
     with pytest.raises(OutputLockError, match="exists and is not a folder"):
         acquire(path)
+
+
+def test_pipeline_refuses_a_held_local_output_before_any_work(tmp_path, monkeypatch):
+    from sddr_pipeline.pipelines import runner
+    from sddr_pipeline.pipelines.refine import run_refine_pipeline
+
+    def started(config):
+        pytest.fail("the job started on an OUTPUT held by another run")
+
+    monkeypatch.setattr(runner, "preflight", started)
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    with output_lock(out):
+        with pytest.raises(runner.PipelineError, match=f"output {out} is in use by another run \\(pid {os.getpid()} on "):
+            run_refine_pipeline(str(tmp_path / "in"), str(out), "simulated", "default", progress=None)
+        with pytest.raises(runner.PipelineError, match="in use by another run"):
+            run_refine_pipeline(str(tmp_path / "in"), f"file://{out}", "simulated", "default", progress=None)
+
+
+def test_only_local_pipeline_outputs_are_locked():
+    from pathlib import Path
+
+    from sddr_pipeline.pipelines.runner import local_output
+
+    assert local_output("/data/out") == Path("/data/out")
+    assert local_output("rel/out") == Path("rel/out")
+    assert local_output("file:///data/out") == Path("/data/out")
+    assert local_output("s3://bucket/out") is None
