@@ -90,9 +90,16 @@ def test_console_script_installed():
 def test_packaging_metadata_builds_without_setuptools_warnings(tmp_path):
     # issue 13: the set-up printed ~176 lines of setuptools warnings (license table, data
     # folders absent from `packages`); the build must be quiet and still ship the data files
+    import shutil
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "src"  # a copy, so the build writes nothing into the checkout
+    root.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, root / name)
+    for name in ("sddr_pipeline", "pipelines", "plugins"):
+        shutil.copytree(repo / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     lib = tmp_path / "lib"
     out = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
                          cwd=root, capture_output=True, text=True)
