@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import functools
 import logging
 import math
 import signal
@@ -29,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import pyarrow as pa
 
 from sddr_pipeline import __version__
-from sddr_pipeline.io.lock import OutputLockError, output_lock
+from sddr_pipeline.io.lock import holding_output_lock
 from sddr_pipeline.shards.io import filesystem, write_table
 from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
 from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
@@ -428,26 +427,8 @@ def local_output(uri: str) -> Path | None:
     return Path(rest) if scheme in ("file", "local") else None
 
 
-def _holding_output_lock(run: Callable[..., PipelineReport]) -> Callable[..., PipelineReport]:
-    """Run a job holding its OUTPUT's exclusive lock (:mod:`sddr_pipeline.io.lock`) when
-    OUTPUT is a local folder, so two drivers never write one OUTPUT. Object-store outputs
-    are not locked: fsspec has no portable create-if-absent for them."""
-
-    @functools.wraps(run)
-    def locked(config: PipelineConfig, *args: Any, **kwargs: Any) -> PipelineReport:
-        root = local_output(config.output)
-        if root is None:
-            return run(config, *args, **kwargs)
-        try:
-            with output_lock(root):
-                return run(config, *args, **kwargs)
-        except OutputLockError as exc:  # held by another run, or not a folder
-            raise PipelineError(str(exc)) from exc
-
-    return locked
-
-
-@_holding_output_lock
+# one driver per local OUTPUT; object stores are not locked (fsspec has no portable create-if-absent)
+@holding_output_lock(lambda args: local_output(args["config"].output), PipelineError)
 def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr_progress) -> PipelineReport:
     """Run (or resume) one shard job; see the module doc. Raises :class:`PipelineError`
     subclasses when it cannot finish; completed shards stay valid for a rerun."""

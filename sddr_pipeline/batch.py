@@ -18,14 +18,12 @@ INPUT is refused, and one OUTPUT has one writer at a time (``.sddr.lock``).
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
-import inspect
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Literal, ParamSpec
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,11 +33,10 @@ from .inference import RANGE_CLAMP, TwoStageConfig, refine
 from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
-from .io.lock import OutputLockError, is_lock_file, output_lock
+from .io.lock import holding_output_lock, is_lock_file
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
-P = ParamSpec("P")
 MANIFEST = "manifest.json"
 CONFIDENCE_OUTPUT = (
     "confidence/<name>.npy: float32 HxW in [0, 1] at the input's resolution, per-pixel confidence of the refined "
@@ -145,23 +142,7 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool, source: s
     }
 
 
-def _holding_output_lock(job: Callable[P, JobReport]) -> Callable[P, JobReport]:
-    """Run ``job`` holding the exclusive lock of its ``output_path``
-    (:mod:`sddr_pipeline.io.lock`), so two runs never write one OUTPUT."""
-
-    @functools.wraps(job)
-    def locked(*args: P.args, **kwargs: P.kwargs) -> JobReport:
-        output = inspect.signature(job).bind(*args, **kwargs).arguments["output_path"]
-        try:
-            with output_lock(Path(output)):
-                return job(*args, **kwargs)
-        except OutputLockError as exc:  # busy, or not a folder: the job cannot start
-            raise RefineJobError(str(exc)) from exc
-
-    return locked
-
-
-@_holding_output_lock
+@holding_output_lock(lambda args: Path(args["output_path"]), RefineJobError)  # one writer per OUTPUT
 def refine_folder(
     input_path: str | Path,
     output_path: str | Path,

@@ -135,3 +135,26 @@ def test_only_local_pipeline_outputs_are_locked():
     assert local_output("rel/out") == Path("rel/out")
     assert local_output("file:///data/out") == Path("/data/out")
     assert local_output("s3://bucket/out") is None
+
+
+def test_decorated_job_holds_the_lock_and_raises_its_own_error(tmp_path):
+    from sddr_pipeline.io.lock import holding_output_lock
+
+    class JobError(RuntimeError):
+        pass
+
+    @holding_output_lock(lambda args: args["out"], JobError)
+    def job(out, value):
+        return read_lock(out / LOCK_NAME)["pid"], value
+
+    @holding_output_lock(lambda args: None, JobError)
+    def unlocked(out):
+        return (out / LOCK_NAME).exists()
+
+    out = tmp_path / "out"
+    assert job(out, value=7) == (os.getpid(), 7)
+    assert not out.exists()  # created for the job, left empty, removed
+    with output_lock(out):
+        with pytest.raises(JobError, match="in use by another run"):
+            job(out, 7)
+        assert unlocked(out) is True

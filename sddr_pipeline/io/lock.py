@@ -10,16 +10,20 @@ naming it. The lock is removed on release only if it is still ours.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import inspect
 import json
 import os
 import socket
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
 
 LOCK_NAME = ".sddr.lock"
 _ATTEMPTS = 5
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class OutputLockError(RuntimeError):
@@ -162,3 +166,31 @@ def output_lock(root: Path) -> Iterator[dict[str, Any]]:
         release(root, me)
         if created and not any(root.iterdir()):
             root.rmdir()
+
+
+def holding_output_lock(output_of: Callable[[Mapping[str, Any]], Path | None],
+                        error: type[Exception]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a job so that it runs holding the lock of its output folder.
+
+    ``output_of`` receives the job's arguments by name and returns that folder (None: no
+    lock, e.g. an object store). A refusal is raised as ``error``, the job's own error
+    type, so each command reports it as it reports its other start-up errors.
+    """
+
+    def decorate(job: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(job)
+
+        @functools.wraps(job)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            root = output_of(signature.bind(*args, **kwargs).arguments)
+            with ExitStack() as stack:
+                if root is not None:
+                    try:
+                        stack.enter_context(output_lock(Path(root)))
+                    except OutputLockError as exc:
+                        raise error(str(exc)) from exc
+                return job(*args, **kwargs)
+
+        return locked
+
+    return decorate
