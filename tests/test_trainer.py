@@ -337,3 +337,26 @@ def test_init_refuses_another_architecture(tmp_path):
     cfg = config_from_dict(tiny(tmp_path / "run", steps=1, warmup_steps=0, preset="sddr-paper", init=str(tmp_path / "w")))
     with pytest.raises(ValueError, match="not a 'sddr-paper' network"):
         train(cfg, progress=None)
+
+
+def test_checkpoint_sync_carries_a_run_to_a_new_folder_bitwise(straight_run, tmp_path):
+    """The cross-session route of the README: save the newest checkpoint to a versioned
+    folder, restore it into a fresh run folder elsewhere, resume: same final weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("checkpoint_sync", Path(__file__).parents[1] / "scripts" / "checkpoint_sync.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    first = tmp_path / "session1"
+    cfg = config_from_dict(tiny(first))
+    with pytest.raises(Interrupt):
+        train(cfg, progress=stop_at(5, []))
+    store = tmp_path / "store"
+    assert sync.main(["save", str(first), str(store)]) == 0
+    assert sorted(p.name for p in store.iterdir()) == [
+        "log.jsonl", "step-000003.json", "step-000003.optim.safetensors", "step-000003.safetensors"]
+    second = tmp_path / "session2"
+    assert sync.main(["restore", str(store), str(second)]) == 0
+    train(config_from_dict(tiny(second)), progress=None)
+    _same_files(straight_run / "final" / "model.safetensors", second / "final" / "model.safetensors")
+    assert sync.main(["save", str(first), str(store)]) == 0  # same step again: allowed
