@@ -39,6 +39,7 @@ from sddr_pipeline.evaluation import evaluate_dataset
 from sddr_pipeline.inference import RANGE_CLAMP
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.training.samples import validation_scenes
+from sddr_pipeline.training.trainer import refiner_from_checkpoint
 
 SETTINGS = (
     {"cons": 0.0, "edge": 0.0, "texture": 0.0},
@@ -144,7 +145,8 @@ def markdown(version: str, cells: list[dict], seeds: tuple[int, ...]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", default="default")
+    p.add_argument("--weights", default="default",
+                   help="'default', a weights folder or file, or a training checkpoint's step-XXXXXX.json")
     p.add_argument("--data", default=os.environ.get("SDDR_SHARED_DATA", "../shared/data"))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--settings", nargs="+", type=int, default=list(range(len(SETTINGS))),
@@ -167,7 +169,8 @@ def main() -> int:
         args.markdown.write_text(markdown(data["refiner"], data["cells"], tuple(data["seeds"])))
         return 0
     torch.set_num_threads(args.threads)
-    refiner = Refiner.from_pretrained(args.weights)
+    refiner = (refiner_from_checkpoint(args.weights) if args.weights.endswith(".json")
+               else Refiner.from_pretrained(args.weights))
     t_start = time.perf_counter()
     cells = []
     for ds in args.datasets:

@@ -360,3 +360,15 @@ def test_checkpoint_sync_carries_a_run_to_a_new_folder_bitwise(straight_run, tmp
     train(config_from_dict(tiny(second)), progress=None)
     _same_files(straight_run / "final" / "model.safetensors", second / "final" / "model.safetensors")
     assert sync.main(["save", str(first), str(store)]) == 0  # same step again: allowed
+
+
+def test_a_checkpoint_loads_as_a_refiner(straight_run, tmp_path):
+    from sddr_pipeline.training.trainer import refiner_from_checkpoint
+
+    refiner = refiner_from_checkpoint(straight_run / "checkpoints" / "step-000006.json")
+    expect = load_file(str(straight_run / "checkpoints" / "step-000006.safetensors"))
+    for key, value in refiner.net.state_dict().items():
+        assert torch.equal(value, expect[key]), key
+    (tmp_path / "step-000001.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        refiner_from_checkpoint(tmp_path / "step-000001.json")
