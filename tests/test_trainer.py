@@ -62,6 +62,15 @@ def test_set_overrides_parse_as_yaml_and_reach_the_config(tmp_path):
     assert cfg.loss.trim == 0.0 and cfg.noise.cons == (0.0, 0.35) and cfg.steps == 9 and cfg.loss.grad == 0.5
 
 
+def test_exponent_numbers_without_a_dot_are_floats(tmp_path):
+    assert parse_override("lr=1e-3") == ("lr", 0.001)
+    assert parse_override("lr=-2E+2") == ("lr", -200.0)
+    assert parse_override("init=1e3x") == ("init", "1e3x")
+    assert parse_override("steps=12") == ("steps", 12)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", "steps: 5\nlr: 5e-4\n"), dict([parse_override("weight_decay=1e-2")]))
+    assert cfg.lr == 0.0005 and cfg.weight_decay == 0.01
+
+
 @pytest.mark.parametrize("text", ["loss.trim", "=3", "loss.trim=", "loss.trim=null", "a..b=1", "x=[1,", "a b=1"])
 def test_bad_set_overrides_are_refused_with_the_key(text):
     with pytest.raises(ConfigError, match="override"):
