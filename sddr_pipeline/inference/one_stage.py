@@ -134,7 +134,7 @@ def _predict_batch(
         raise PredictorError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
     if len(preds) != len(images):
         raise PredictorError(f"{who} returned {len(preds)} maps for {len(images)} windows")
-    return [check_prediction(p, predictor.kind, f"{who} (window {i})") for i, p in enumerate(preds)]
+    return [check_prediction(p, predictor.kind, f"{who} (window {i})", window=True) for i, p in enumerate(preds)]
 
 
 def predict_pair(

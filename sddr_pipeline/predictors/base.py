@@ -164,7 +164,7 @@ def check_output(pred: np.ndarray, who: str) -> np.ndarray:
     return arr
 
 
-def check_prediction(pred: np.ndarray, kind: OutputKind, who: str) -> np.ndarray:
+def check_prediction(pred: np.ndarray, kind: OutputKind, who: str, window: bool = False) -> np.ndarray:
     """:func:`check_output`, then refuse maps that hold no depth, naming the reason.
 
     A map SDDR can refine has finite pixels that are not all equal (all NaN/inf, all zero
@@ -172,19 +172,22 @@ def check_prediction(pred: np.ndarray, kind: OutputKind, who: str) -> np.ndarray
     a depth map needs a positive pixel, and metric disparity (1/metres) cannot be
     negative. Relative disparity is affine-invariant, so its sign is free. Single
     NaN/inf pixels (and non-positive pixels of a depth map) are holes, filled later by
-    :func:`sddr_pipeline.inference.normalize.sanitize`.
+    :func:`sddr_pipeline.inference.normalize.sanitize`. A ``window`` of an image may be
+    flat (a wall, the sky, a hole of a depth map): only the finite-value rules apply.
     """
     arr = check_output(pred, who)
     values = arr[np.isfinite(arr)]
     if values.size == 0:
         raise PredictorError(f"{who} returned no finite value (all {arr.size} pixels are NaN or inf)")
     lo, hi = float(values.min()), float(values.max())
+    if kind.space == "disparity" and kind.metric and lo < 0:
+        raise PredictorError(f"{who} returned negative metric disparity (min {lo:g}); 1/metres cannot be negative")
+    if window:
+        return arr
     if lo == hi:
         raise PredictorError(f"{who} returned a constant map ({lo:g} at every finite pixel); it holds no depth")
     if kind.space == "depth" and hi <= 0:
         raise PredictorError(f"{who} returned a depth map with no positive value (max {hi:g})")
-    if kind.space == "disparity" and kind.metric and lo < 0:
-        raise PredictorError(f"{who} returned negative metric disparity (min {lo:g}); 1/metres cannot be negative")
     return arr
 
 
