@@ -301,6 +301,10 @@ class ResumeError(ValueError):
     """An output folder's checkpoints cannot be continued (unreadable, or made by another config or data)."""
 
 
+class MissingTeacherError(ResumeError, FileNotFoundError):
+    """A run resumed inside a distill round whose teacher weights file is gone."""
+
+
 def verify_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
     """(record, "") when checkpoint ``path`` and its files exist and match their recorded
     sha256; else (None, why not)."""
@@ -441,7 +445,7 @@ def prepare_round(
     if step == start:
         _save_safetensors(path, dict(net.state_dict()))
     elif not path.is_file():
-        raise FileNotFoundError(
+        raise MissingTeacherError(
             f"cannot resume inside the distill round that starts at step {start}: its teacher weights {path} "
             "are missing; resume from a checkpoint before that step or start over with --no-resume"
         )
