@@ -104,6 +104,9 @@ def test_train_cli_applies_set_and_reports_bad_ones(tmp_path, capsys):
         ("steps: 5\nstages: [{kind: gt, steps: 3}]\n", "stages"),
         ("steps: 5\nstages: [{kind: finetune, steps: 5}]\n", r"stages\[0\]\.kind"),
         ("steps: 5\npreset: sddr-huge\n", "preset"),
+        ("steps: 5\ncrop: 1000000\n", "crop must be <= 8192, got 1000000"),
+        ("steps: 5\nbatch_size: 100000\n", "batch_size must be <= 1024, got 100000"),
+        ("steps: 5\nhigh_res: 1000000\n", "high_res must be <= 16384, got 1000000"),
         ("- 1\n- 2\n", "mapping"),
     ],
 )

@@ -323,9 +323,9 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     d = _mapping(data, "", known)
     out: dict[str, Any] = {}
     ints = {
-        "seed": (0, None), "batch_size": (1, None), "crop": (32, None), "warmup_steps": (0, None),
+        "seed": (0, None), "batch_size": (1, 1024), "crop": (32, 8192), "warmup_steps": (0, None),
         "checkpoint_every": (1, None), "keep_checkpoints": (1, None), "validate_every": (0, None),
-        "low_res": (16, None), "high_res": (16, None), "data_workers": (0, 64),
+        "low_res": (16, 16384), "high_res": (16, 16384), "data_workers": (0, 64),
     }
     for key, (lo, hi) in ints.items():
         if key in d:
