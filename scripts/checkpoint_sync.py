@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from sddr_pipeline.io.atomic import atomic_write_bytes
-from sddr_pipeline.training.trainer import latest_checkpoint
+from sddr_pipeline.training.trainer import ResumeError, latest_checkpoint
 
 LOG = "log.jsonl"
 
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", type=Path)
     p.add_argument("target", type=Path)
     args = p.parse_args(argv)
-    return save(args.source, args.target) if args.action == "save" else restore(args.source, args.target)
+    try:
+        return save(args.source, args.target) if args.action == "save" else restore(args.source, args.target)
+    except ResumeError as exc:
+        print(f"checkpoint_sync: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

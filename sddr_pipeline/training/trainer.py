@@ -346,9 +346,9 @@ def refiner_from_checkpoint(path: str | Path, device: str = "cpu") -> Refiner:
     """The network of checkpoint ``path`` (its ``step-XXXXXX.json``) as a :class:`Refiner`,
     after verifying its files' sha256: to score or export a run's intermediate weights."""
     path = Path(path)
-    record = _valid_checkpoint(path)
+    record, why = verify_checkpoint(path)
     if record is None:
-        raise ValueError(f"{path}: not a readable training checkpoint (missing file or sha256 mismatch)")
+        raise ValueError(f"{path}: not a readable training checkpoint ({why})")
     refiner = Refiner.from_config(record["config"]["preset"])
     refiner.net.load_state_dict(load_file(str(path.parent / record["weights"])), strict=True)
     return refiner.to(device)
