@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
+from sddr_pipeline.io.names import check_name
 
 Format = Literal["nerfstudio", "instant-ngp", "3dgs"]
 FORMATS: tuple[str, ...] = ("nerfstudio", "instant-ngp", "3dgs")
@@ -125,9 +126,9 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
     root = Path(source)
     if (root / "manifest.json").is_file():
         from sddr_pipeline.geometry.pointcloud import metric_depth
-        from sddr_pipeline.io import load_depth
+        from sddr_pipeline.io import load_depth, read_manifest
 
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(root)
         done = [n for n, e in manifest.get("images", {}).items() if e.get("status") == "done"]
         relative = [n for n in done if not manifest["images"][n].get("metric")]
         if relative:
@@ -154,6 +155,8 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
         from sddr_pipeline.plugins.colmap import read_colmap_depth
 
         included = json.loads((root / "alignment.json").read_text(encoding="utf-8")).get("included", [])
+        for n in included:
+            check_name(n, str(root / "alignment.json"), "image name")
         maps = root / "stereo" / "depth_maps"
         conf_files = {_strip_ext(n): root / "confidence" / f"{_strip_ext(n)}.npy" for n in included}
         return DepthSource({_strip_ext(n): (lambda p=maps / f"{n}.geometric.bin": read_colmap_depth(p)) for n in included},
@@ -302,6 +305,7 @@ def export_nerf(
             maps.append(None)
             continue
         key, depth = found
+        check_name(key, f"{tpath}: frame {fp!r}", "depth file name")
         conf = _frame_confidence(source, key, fp, depth.shape) if want_conf else None
         size = _frame_size(base, transforms, frame)
         if size is not None:
@@ -355,7 +359,7 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
         if item is None:
             continue
         frame, _, depth, conf = item
-        stem = PurePosixPath(frame["file_path"]).stem
+        stem = check_name(PurePosixPath(frame["file_path"]).stem, f"frame {frame['file_path']!r}", "image stem")
         if stem in params:
             raise NerfExportError(
                 f"two frames share the image stem {stem!r}; 3DGS looks depth up by stem (depths/<stem>.png), "

@@ -20,7 +20,7 @@ import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,6 +31,7 @@ from .inference import RANGE_CLAMP, TwoStageConfig, refine
 from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
+from .io.names import UnsafeNameError, check_name
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
@@ -63,11 +64,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _safe_name(name: str) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
-        raise RefineJobError(f"refusing output name {name!r}: it would escape the output folder")
-    return name
+def _safe_name(sample) -> str:
+    """The sample's name, checked (:func:`~sddr_pipeline.io.names.check_name`) before it
+    becomes output file names."""
+    try:
+        return check_name(sample.name, str(sample.image_path), "output name")
+    except UnsafeNameError as exc:
+        raise RefineJobError(str(exc)) from None
 
 
 def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None,
@@ -198,7 +201,7 @@ def refine_folder(
     bar = _progress(len(dataset), progress)
     try:
         for sample in dataset:
-            name = _safe_name(sample.name)
+            name = _safe_name(sample)
             entry = images.get(name)
             if skip_existing and _is_done(out, entry, confidence):
                 report.skipped.append(name)

@@ -9,7 +9,6 @@ refused with :class:`RelativeDepthError`; give it a scale reference first.
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -399,10 +398,11 @@ def render_views(
 
 
 def read_refine_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no manifest.json; expected an `sddr refine` output folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The checked manifest of an ``sddr refine`` output (:func:`sddr_pipeline.io.read_manifest`):
+    its image names become output file names here."""
+    from ..io import read_manifest
+
+    return read_manifest(folder)
 
 
 def open_refined_input(manifest: dict) -> Any:
