@@ -130,19 +130,12 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
         return DepthSource({_strip_ext(k): v for k, v in source.items()}, "mapping")
     root = Path(source)
     if (root / "manifest.json").is_file():
-        from sddr_pipeline.geometry.pointcloud import metric_depth
+        from sddr_pipeline.geometry.pointcloud import metric_depth, require_metric
         from sddr_pipeline.io import load_depth, read_manifest
 
         manifest = read_manifest(root)
         done = [n for n, e in manifest.get("images", {}).items() if e.get("status") == "done"]
-        relative = [n for n in done if not manifest["images"][n].get("metric")]
-        if relative:
-            from sddr_pipeline.geometry.pointcloud import RelativeDepthError
-
-            raise RelativeDepthError(
-                f"{root}: {len(relative)} map(s) are relative (e.g. {relative[0]!r}); NeRF/3DGS depth must be in the "
-                "scene's units: use `sddr colmap` (scales maps to the SfM points) or a metric/scale-referenced refine"
-            )
+        require_metric(root, manifest, done, "NeRF/3DGS depth supervision (in the scene's units)")
 
         def load(n: str) -> Callable[[], np.ndarray]:
             def read() -> np.ndarray:
