@@ -180,6 +180,8 @@ def refine_folder(
         raise RefineJobError(f"cannot read input {src}: {exc}") from exc
     if len(dataset) == 0:
         raise RefineJobError(f"input {src} holds no images")
+    if scale_points:
+        _check_scale_points_input(src, dataset)
     if range_clamp is not None:
         check_range_clamp(range_clamp)
     two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
@@ -245,6 +247,19 @@ def refine_folder(
         report.seconds = time.perf_counter() - t_start
         _save_manifest(out, manifest, report, t_start)
     return report
+
+
+def _check_scale_points_input(src: Path, dataset) -> None:
+    """``--scale-points`` takes each image's own metric depth: refuse, once and before
+    OUTPUT is touched, an input where no image has any (e.g. a plain image folder)."""
+    missing = dataset.names_without_depth()
+    if len(missing) == len(dataset):
+        raise RefineJobError(
+            f"--scale-points needs each image's metric depth, but none of the {len(dataset)} image(s) of {src} "
+            f"(layout {dataset.layout}) has a depth map: give the images their RGB-D / LiDAR depth (a dataset "
+            "folder with depth ground truth, e.g. the generic layout's rgb/ + gt/, NYU, KITTI, rgbd_sequence), "
+            "or drop --scale-points to write relative maps"
+        )
 
 
 def _scale_reference(sample, n: int):
