@@ -28,6 +28,7 @@ import numpy as np
 from . import __version__
 from .data import ImageReadError, open_dataset
 from .inference import RANGE_CLAMP, TwoStageConfig, refine
+from .inference.one_stage import default_resolutions
 from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
@@ -73,7 +74,7 @@ def _safe_name(sample) -> str:
         raise RefineJobError(str(exc)) from None
 
 
-def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None,
+def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int, high: int,
                   two: TwoStageConfig | None, scale_points: int | None = None,
                   range_clamp: float = RANGE_CLAMP) -> dict:
     identity = {
@@ -182,6 +183,10 @@ def refine_folder(
         raise RefineJobError(f"input {src} holds no images")
     if scale_points:
         _check_scale_points_input(src, dataset)
+    try:
+        low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    except ValueError as exc:
+        raise RefineJobError(str(exc)) from None
     if range_clamp is not None:
         check_range_clamp(range_clamp)
     two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
