@@ -305,6 +305,8 @@ def export_nerf(
             continue
         key, depth = found
         check_name(key, f"{tpath}: frame {fp!r}", "depth file name")
+        if format == "3dgs":
+            check_name(PurePosixPath(fp).stem, f"{tpath}: frame {fp!r}", "image stem")
         conf = _frame_confidence(source, key, fp, depth.shape) if want_conf else None
         size = _frame_size(base, transforms, frame)
         if size is not None:
@@ -358,7 +360,7 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
         if item is None:
             continue
         frame, _, depth, conf = item
-        stem = check_name(PurePosixPath(frame["file_path"]).stem, f"frame {frame['file_path']!r}", "image stem")
+        stem = PurePosixPath(frame["file_path"]).stem
         if stem in params:
             raise NerfExportError(
                 f"two frames share the image stem {stem!r}; 3DGS looks depth up by stem (depths/<stem>.png), "

@@ -213,3 +213,16 @@ def test_long_ids_are_shortened_in_shard_row_errors():
     with pytest.raises(ShardFormatError) as info:
         decode_depth({"id": "z" * 5000, "depth_encoding": "png"})
     assert str(info.value) == f"row {'z' * 80!r}... (5000 characters): unsupported depth_encoding 'png'"
+
+
+def test_nerf_3dgs_refuses_a_dot_stem(tmp_path):
+    from sddr_pipeline.plugins.nerf import export_nerf
+
+    cap = tmp_path / "cap"
+    cap.mkdir()
+    transforms = cap / "transforms.json"
+    transforms.write_text(json.dumps({"w": 16, "h": 12, "frames": [
+        {"file_path": "a/..png", "transform_matrix": np.eye(4).tolist()}]}))
+    with pytest.raises(UnsafeNameError, match=r"transforms.json: frame 'a/..png': refusing image stem '.'"):
+        export_nerf(transforms, {"a": np.full((12, 16), 2.0, np.float32)}, "3dgs")
+    assert _files_outside(tmp_path, [transforms]) == []
