@@ -624,8 +624,7 @@ class GroundTruthDepth:
                 "its images are undistorted (resampled and cropped) before refinement, so the depth maps would not match"
             )
         missing = []
-        for iid in rec.reg_image_ids():
-            name = rec.images[iid].name
+        for name in _model_names(rec, str(sparse)).values():
             if not any(p.is_file() for p in self.candidates(name)):
                 missing.append(name)
         if missing:

@@ -226,3 +226,12 @@ def test_nerf_3dgs_refuses_a_dot_stem(tmp_path):
     with pytest.raises(UnsafeNameError, match=r"transforms.json: frame 'a/..png': refusing image stem '.'"):
         export_nerf(transforms, {"a": np.full((12, 16), 2.0, np.float32)}, "3dgs")
     assert _files_outside(tmp_path, [transforms]) == []
+
+
+def test_colmap_gt_depth_check_refuses_an_escaping_image_name(tmp_path):
+    from sddr_pipeline.plugins.colmap import GroundTruthDepth
+
+    ws = _evil_workspace(tmp_path, ["../../x/v"])
+    (tmp_path / "gt").mkdir()
+    with pytest.raises(UnsafeNameError, match=r"ws/sparse/0: image 1: refusing image name '../../x/v'"):
+        GroundTruthDepth(tmp_path / "gt").check_workspace(ws)
