@@ -2,9 +2,9 @@
 
 Image names in a COLMAP model, a ``manifest.json``, an ``alignment.json`` or a
 ``transforms.json``, and ids in a Parquet row or an input list, are data: an attacker
-controls them. Every command passes them through :func:`check_name` (or
-:func:`safe_join`) BEFORE any file operation, so no name such as ``../../victim/v.txt``
-can make a write (or a link, or a read) land outside the folder it belongs to.
+controls them. Every command passes them through :func:`check_name` BEFORE any file
+operation, so no name such as ``../../victim/v.txt`` can make a write (or a link, or a
+read) land outside the folder it belongs to.
 
 A clean name is a relative POSIX path: non-empty, no control characters, no backslash,
 not absolute, and no empty, ``.`` or ``..`` segment. Other characters (spaces,
@@ -13,7 +13,6 @@ unicode) are kept as they are.
 from __future__ import annotations
 
 import unicodedata
-from pathlib import Path
 
 SHOWN_CHARS = 80
 """How much of a long name or id an error message shows (:func:`shorten`)."""
@@ -24,7 +23,7 @@ class UnsafeNameError(ValueError):
     file it came from, the name and the reason."""
 
 
-def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+def shorten(text: object, limit: int = SHOWN_CHARS) -> str:
     """``repr(text)``, cut to ``limit`` characters with an ellipsis and the full length
     when longer, so a 5,000-character id cannot flood an error message."""
     if not isinstance(text, str):
@@ -57,14 +56,8 @@ def check_name(name: object, where: str, what: str = "name") -> str:
     it came from."""
     problem = name_problem(name)
     if problem:
-        shown = shorten(name) if isinstance(name, str) else repr(name)
-        raise UnsafeNameError(f"{where}: refusing {what} {shown}: {problem}")
+        raise UnsafeNameError(f"{where}: refusing {what} {shorten(name)}: {problem}")
     return name  # type: ignore[return-value]
 
 
-def safe_join(root: str | Path, name: object, where: str, what: str = "name") -> Path:
-    """``root / name`` after :func:`check_name`: a path that cannot leave ``root``."""
-    return Path(root) / check_name(name, where, what)
-
-
-__all__ = ["SHOWN_CHARS", "UnsafeNameError", "check_name", "name_problem", "safe_join", "shorten"]
+__all__ = ["SHOWN_CHARS", "UnsafeNameError", "check_name", "name_problem", "shorten"]
