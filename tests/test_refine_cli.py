@@ -328,5 +328,11 @@ def test_scale_points_make_metric_maps_from_sensor_depth(tmp_path, shared_data, 
 def test_scale_points_refuse_images_without_metric_depth(tmp_path, images_folder, weights, flat_predictor, capsys):
     code = main(["refine", str(images_folder), str(tmp_path / "o"), "--predictor", f"{flat_predictor}:smooth",
                  "--weights", str(weights), "--scale-points", "50", "--quiet"])
-    assert code != 0
-    assert "--scale-points needs the image's metric depth" in capsys.readouterr().err
+    assert code == 1
+    assert capsys.readouterr().err == (  # once, up front, with the fix; OUTPUT untouched
+        f"sddr refine: --scale-points needs each image's metric depth, but none of the 5 image(s) of {images_folder} "
+        "(layout images) has a depth map: give the images their RGB-D / LiDAR depth (a dataset folder with depth "
+        "ground truth, e.g. the generic layout's rgb/ + gt/, NYU, KITTI, rgbd_sequence), or drop --scale-points "
+        "to write relative maps\n"
+    )
+    assert not (tmp_path / "o").exists()
