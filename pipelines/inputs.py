@@ -24,7 +24,6 @@ path segments. Other characters (spaces, unicode) are kept as they are.
 from __future__ import annotations
 
 import posixpath
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ from typing import Any, Mapping
 import pyarrow.parquet as pq
 
 from sddr_pipeline.data import IMAGE_EXTENSIONS
+from sddr_pipeline.io.names import name_problem, shorten
 from sddr_pipeline.shards.io import filesystem, join, parquet_files, protocols, read_bytes, retry, unstrip
 
 INPUT_KINDS: tuple[str, ...] = ("auto", "images", "dataset", "list", "parquet")
@@ -68,22 +68,14 @@ class InputSet:
 
 
 def check_id(value: str, where: str) -> str:
-    """Return ``value`` if it is a clean id (see the module doc), else raise :class:`InputError`."""
-    problem = None
-    if not isinstance(value, str) or not value:
-        problem = "it is empty"
-    elif len(value) > MAX_ID_LENGTH:
+    """Return ``value`` if it is a clean id (:func:`sddr_pipeline.io.names.name_problem`, at
+    most :data:`MAX_ID_LENGTH` characters), else raise :class:`InputError` showing at most
+    the id's first 80 characters."""
+    problem = name_problem(value)
+    if problem is None and len(value) > MAX_ID_LENGTH:
         problem = f"it is longer than {MAX_ID_LENGTH} characters"
-    elif any(unicodedata.category(c) == "Cc" for c in value):
-        problem = "it contains control characters"
-    elif "\\" in value:
-        problem = "it contains a backslash"
-    elif value.startswith("/"):
-        problem = "it is an absolute path"
-    elif any(part in ("", ".", "..") for part in value.split("/")):
-        problem = "it has an empty, '.' or '..' path segment"
     if problem:
-        raise InputError(f"{where}: invalid id {value!r}: {problem}")
+        raise InputError(f"{where}: invalid id {shorten(value)}: {problem}")
     return value
 
 
@@ -109,7 +101,7 @@ def _finish(uri: str, kind: str, pairs: list[tuple[str, str]], **kw: Any) -> Inp
     ids = [p[0] for p in pairs]
     dupes = sorted({a for a, b in zip(ids, ids[1:]) if a == b})
     if dupes:
-        shown = ", ".join(repr(d) for d in dupes[:5])
+        shown = ", ".join(shorten(d) for d in dupes[:5])
         raise InputError(f"input {uri}: {len(dupes)} ids occur more than once ({shown}{' ...' if len(dupes) > 5 else ''}); "
                          "ids must be unique (e.g. a.png and a.jpg both give id 'a')")
     return InputSet(uri, kind, tuple(ids), tuple(p[1] for p in pairs), **kw)
@@ -121,7 +113,7 @@ def _list_images(uri: str, fs, path: str) -> InputSet:
         rel = p[len(path):].lstrip("/")
         if not rel or any(part.startswith(".") for part in rel.split("/")) or not _is_image_name(rel):
             continue
-        pairs.append((check_id(id_from_path(rel), f"{uri}: {rel}"), unstrip(fs, p)))
+        pairs.append((check_id(id_from_path(rel), f"{uri}: {shorten(rel)}"), unstrip(fs, p)))
     return _finish(uri, "images", pairs)
 
 

@@ -55,6 +55,7 @@ import numpy as np
 
 from sddr_pipeline.geometry.intrinsics import PINHOLE_MODELS, Intrinsics, intrinsics_from_colmap
 from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
+from sddr_pipeline.io.names import check_name
 
 Space = Literal["inverse", "depth"]
 PYCOLMAP_HINT = "pip install pycolmap==4.2.1"
@@ -336,35 +337,47 @@ def _check_output(workspace: Path, output: Path) -> None:
 
 
 def _stem(name: str) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts:
-        raise ColmapError(f"refusing image name {name!r}: it would escape the output folder")
-    return str(p.with_suffix(""))
+    return str(PurePosixPath(check_name(name, "COLMAP model", "image name")).with_suffix(""))
+
+
+def _model_names(rec: Any, where: str) -> dict[int, str]:
+    """``{image id: name}`` of the registered images; every image's name is checked
+    (:func:`~sddr_pipeline.io.names.check_name`): names become file names in OUTPUT."""
+    names = {iid: check_name(rec.images[iid].name, f"{where}: image {iid}", "image name") for iid in sorted(rec.images)}
+    return {iid: names[iid] for iid in rec.reg_image_ids()}
 
 
 def _link_images(src: Path, dst: Path, names: Sequence[str]) -> str:
-    """Expose the original images under OUTPUT/images: symbolic links, else copies."""
+    """Expose the original images under OUTPUT/images: symbolic links, else copies where
+    the file system has no links. Never replaces an existing file."""
     how = "symlink"
     for n in names:
-        target = dst / n
+        target = dst / check_name(n, str(dst), "image name")
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.symlink((src / n).resolve(), target)
+        except FileExistsError:
+            raise ColmapError(f"{target} already exists; image names must be unique") from None
         except OSError:
             shutil.copy2(src / n, target)
             how = "copy"
     return how
 
 
-def _prepare_model(workspace: Path, output: Path, image_dir: Path, pycolmap: Any) -> tuple[Any, Path, bool]:
-    """Read sparse/0, undistort into OUTPUT when needed, and write OUTPUT/sparse/0.
-    Returns (reconstruction, folder of the images to refine, undistorted?)."""
+def _read_model(workspace: Path, image_dir: Path, pycolmap: Any) -> Any:
+    """The reconstruction in WORKSPACE/sparse/0 (read only)."""
     sparse = workspace / "sparse" / "0"
     if not (sparse / "cameras.bin").is_file() and not (sparse / "cameras.txt").is_file():
         raise ColmapError(f"{workspace}: no COLMAP model in sparse/0 (cameras/images/points3D .bin or .txt)")
     if not image_dir.is_dir():
         raise ColmapError(f"{workspace}: no images/ folder")
-    rec = pycolmap.Reconstruction(str(sparse))
+    return pycolmap.Reconstruction(str(sparse))
+
+
+def _prepare_model(rec: Any, sparse: Path, output: Path, image_dir: Path, pycolmap: Any) -> tuple[Any, Path, bool]:
+    """Undistort ``rec`` (read from ``sparse``, names checked) into OUTPUT when needed,
+    and write OUTPUT/sparse/0. Returns (reconstruction, folder of the images to refine,
+    undistorted?)."""
     distorted = sorted({c.model.name for c in rec.cameras.values() if c.model.name not in PINHOLE_MODELS})
     out_sparse = output / "sparse" / "0"
     if distorted:
@@ -427,11 +440,15 @@ def run_colmap(
     ws = Path(workspace)
     out = Path(output) if output is not None else ws / "sddr"
     _check_output(ws, out)
+    image_dir = Path(images_path) if images_path else ws / "images"
+    sparse = ws / "sparse" / "0"
+    rec = _read_model(ws, image_dir, pycolmap)
+    _model_names(rec, str(sparse))  # before any file operation: a name must not lead out of OUTPUT
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        rec, image_dir, undistorted = _prepare_model(ws, out, Path(images_path) if images_path else ws / "images", pycolmap)
-        names_by_id = {iid: rec.images[iid].name for iid in rec.reg_image_ids()}
+        rec, image_dir, undistorted = _prepare_model(rec, sparse, out, image_dir, pycolmap)
+        names_by_id = _model_names(rec, str(out / "sparse" / "0"))
         names = [names_by_id[i] for i in sorted(names_by_id, key=lambda i: names_by_id[i])]
         if not names:
             raise ColmapError(f"{ws}: the model has no registered images")
@@ -607,8 +624,7 @@ class GroundTruthDepth:
                 "its images are undistorted (resampled and cropped) before refinement, so the depth maps would not match"
             )
         missing = []
-        for iid in rec.reg_image_ids():
-            name = rec.images[iid].name
+        for name in _model_names(rec, str(sparse)).values():
             if not any(p.is_file() for p in self.candidates(name)):
                 missing.append(name)
         if missing:

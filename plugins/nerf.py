@@ -10,7 +10,8 @@
 * ``instant-ngp``: 16-bit PNGs ``depth_ngp/<frame path>.png`` (its own folder: the unit
   differs from nerfstudio's, so both exports can sit side by side) with per-frame
   ``depth_path`` and a top-level ``integer_depth_scale`` (depth = value *
-  integer_depth_scale; by default the largest depth / 65535, the finest step that fits);
+  integer_depth_scale; by default the largest depth / 65535, the finest step that fits),
+  in its own NEW ``transforms_depth_ngp.json`` beside the input;
 * ``3dgs``: ``depths/<stem>.png`` 16-bit INVERSE depth as the 3DGS loader for
   transforms.json scenes reads it (``1/depth = png / 512``), and ``depth_params.json``
   ``{stem: {"scale": 128, "offset": 0}}`` (the COLMAP-loader form of the same code,
@@ -46,9 +47,14 @@ import numpy as np
 from PIL import Image
 
 from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
+from sddr_pipeline.io.names import check_name
 
 Format = Literal["nerfstudio", "instant-ngp", "3dgs"]
 FORMATS: tuple[str, ...] = ("nerfstudio", "instant-ngp", "3dgs")
+DEFAULT_OUTPUT: dict[str, str] = {"nerfstudio": "transforms_depth.json", "instant-ngp": "transforms_depth_ngp.json"}
+"""Each format's default transforms file (beside the input): never the same file."""
+SCALE_KEY: dict[str, str] = {"nerfstudio": "depth_unit_scale_factor", "instant-ngp": "integer_depth_scale"}
+"""The top-level key that marks a transforms file as written for that format."""
 GS_BLENDER_DIVISOR = 512.0
 """3DGS reads a transforms.json scene's depth image as ``1/depth = png / 512``."""
 
@@ -124,19 +130,12 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
         return DepthSource({_strip_ext(k): v for k, v in source.items()}, "mapping")
     root = Path(source)
     if (root / "manifest.json").is_file():
-        from sddr_pipeline.geometry.pointcloud import metric_depth
-        from sddr_pipeline.io import load_depth
+        from sddr_pipeline.geometry.pointcloud import metric_depth, require_metric
+        from sddr_pipeline.io import load_depth, read_manifest
 
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(root)
         done = [n for n, e in manifest.get("images", {}).items() if e.get("status") == "done"]
-        relative = [n for n in done if not manifest["images"][n].get("metric")]
-        if relative:
-            from sddr_pipeline.geometry.pointcloud import RelativeDepthError
-
-            raise RelativeDepthError(
-                f"{root}: {len(relative)} map(s) are relative (e.g. {relative[0]!r}); NeRF/3DGS depth must be in the "
-                "scene's units: use `sddr colmap` (scales maps to the SfM points) or a metric/scale-referenced refine"
-            )
+        require_metric(root, manifest, done, "NeRF/3DGS depth supervision (in the scene's units)")
 
         def load(n: str) -> Callable[[], np.ndarray]:
             def read() -> np.ndarray:
@@ -154,6 +153,8 @@ def open_depth_source(source: str | Path | Mapping[str, np.ndarray]) -> DepthSou
         from sddr_pipeline.plugins.colmap import read_colmap_depth
 
         included = json.loads((root / "alignment.json").read_text(encoding="utf-8")).get("included", [])
+        for n in included:
+            check_name(n, str(root / "alignment.json"), "image name")
         maps = root / "stereo" / "depth_maps"
         conf_files = {_strip_ext(n): root / "confidence" / f"{_strip_ext(n)}.npy" for n in included}
         return DepthSource({_strip_ext(n): (lambda p=maps / f"{n}.geometric.bin": read_colmap_depth(p)) for n in included},
@@ -254,8 +255,9 @@ def export_nerf(
     """Write depth files and (nerfstudio / instant-ngp) a new transforms JSON; see the
     module docstring for each format.
 
-    ``output``: the new transforms file (default ``transforms_depth.json`` beside the
-    input; never the input itself); depth files go beside it. ``depth_unit``: nerfstudio's
+    ``output``: the new transforms file (default :data:`DEFAULT_OUTPUT` of the format
+    beside the input; never the input itself, nor a file exported for another format);
+    depth files go beside it. ``depth_unit``: nerfstudio's
     ``depth_unit_scale_factor`` (default 1e-3) or instant-ngp's ``integer_depth_scale``
     (default: largest depth / 65535). ``require_all``: fail when a frame has no map
     (otherwise such frames are listed in ``report.missing`` and get no depth key).
@@ -276,9 +278,9 @@ def export_nerf(
     if not isinstance(frames, list) or not frames:
         raise NerfExportError(f"{tpath}: no 'frames' list")
     base = tpath.parent
-    out_json = Path(output) if output is not None else base / "transforms_depth.json"
-    if out_json.resolve() == tpath.resolve():
-        raise NerfExportError(f"refusing to overwrite the input {tpath}; choose another output file")
+    out_json = Path(output) if output is not None else base / DEFAULT_OUTPUT.get(format, "")
+    if format != "3dgs":
+        _check_transforms_output(tpath, out_json, format)
     out_base = out_json.parent
     source = open_depth_source(depth_source)
     if isinstance(confidence, Mapping):
@@ -302,6 +304,9 @@ def export_nerf(
             maps.append(None)
             continue
         key, depth = found
+        check_name(key, f"{tpath}: frame {fp!r}", "depth file name")
+        if format == "3dgs":
+            check_name(PurePosixPath(fp).stem, f"{tpath}: frame {fp!r}", "image stem")
         conf = _frame_confidence(source, key, fp, depth.shape) if want_conf else None
         size = _frame_size(base, transforms, frame)
         if size is not None:
@@ -384,6 +389,25 @@ def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExport
     return report
 
 
+def _check_transforms_output(tpath: Path, out_json: Path, format: str) -> None:
+    """Refuse to overwrite the input transforms file, or a transforms file another format
+    wrote (it carries that format's scale key)."""
+    if out_json.resolve() == tpath.resolve():
+        raise NerfExportError(f"refusing to overwrite the input {tpath}; choose another output file")
+    if not out_json.is_file():
+        return
+    try:
+        existing = json.loads(out_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    others = [f for f, key in SCALE_KEY.items() if f != format and isinstance(existing, dict) and key in existing]
+    if others:
+        raise NerfExportError(
+            f"refusing to overwrite {out_json}: it holds the {others[0]} export ({SCALE_KEY[others[0]]}); "
+            f"write the {format} export to another --output (default {DEFAULT_OUTPUT[format]})"
+        )
+
+
 def _frame_confidence(source: DepthSource, key: str, frame_path: str, shape: tuple[int, ...]) -> np.ndarray:
     """The confidence map of a frame's depth ``key``; a clear error when it is missing or
     does not match the depth map."""
@@ -405,7 +429,9 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("transforms", type=Path, help="transforms.json (nerfstudio / instant-ngp / NeRF-synthetic)")
     p.add_argument("depth", type=Path, help="`sddr refine` output with metric maps, or `sddr colmap` output")
     p.add_argument("--format", choices=FORMATS, default="nerfstudio")
-    p.add_argument("--output", type=Path, default=None, help="new transforms file (default: transforms_depth.json beside the input)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="new transforms file (default beside the input: transforms_depth.json for nerfstudio, "
+                        "transforms_depth_ngp.json for instant-ngp)")
     p.add_argument("--depth-scale", type=float, default=1.0, help="multiply depths by this (the poses' rescale factor)")
     p.add_argument("--depth-unit", type=float, default=None, help="nerfstudio depth_unit_scale_factor / instant-ngp integer_depth_scale")
     p.add_argument("--require-all", action="store_true", help="fail when a frame has no depth map")
@@ -432,6 +458,7 @@ def cli(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "DEFAULT_OUTPUT",
     "FORMATS",
     "DepthSource",
     "NerfExportError",

@@ -39,6 +39,7 @@ from sddr_pipeline.evaluation import evaluate_dataset
 from sddr_pipeline.inference import RANGE_CLAMP
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.training.samples import validation_scenes
+from sddr_pipeline.training.trainer import refiner_from_checkpoint
 
 SETTINGS = (
     {"cons": 0.0, "edge": 0.0, "texture": 0.0},
@@ -142,9 +143,33 @@ def markdown(version: str, cells: list[dict], seeds: tuple[int, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(paths: list[Path]) -> str:
+    """One-stage ratios to LOW (REL, D3R, DBE_comp) of several sweeps side by side, per
+    cell, with the number of failed checks: a design comparison on one table."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    names = [p.stem for p in paths]
+    head = "| dataset | noise | " + " | ".join(f"{n} REL/D3R/DBE vs LOW" for n in names) + " |"
+    lines = [head, "|---|---|" + "---|" * len(names)]
+    keys = [(c["dataset"], _noise(c["setting"])) for c in runs[0]["cells"]]
+    for ds, noise in keys:
+        row = []
+        for r in runs:
+            c = next((c for c in r["cells"] if c["dataset"] == ds and _noise(c["setting"]) == noise), None)
+            if c is None:
+                row.append("-")
+                continue
+            one, low = c["means"]["sddr_one_stage"], c["means"]["low"]
+            ratios = ["-" if one[k] is None or not low[k] else f"{one[k] / low[k]:.2f}" for k in ("rel", "d3r", "dbe_comp")]
+            fails = sum(v is False for v in c["checks"].values())
+            row.append(" / ".join(ratios) + f" ({fails} fail)")
+        lines.append(f"| {ds} | {noise} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", default="default")
+    p.add_argument("--weights", default="default",
+                   help="'default', a weights folder or file, or a training checkpoint's step-XXXXXX.json")
     p.add_argument("--data", default=os.environ.get("SDDR_SHARED_DATA", "../shared/data"))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--settings", nargs="+", type=int, default=list(range(len(SETTINGS))),
@@ -159,7 +184,12 @@ def main() -> int:
     p.add_argument("--range-clamp", type=float, default=RANGE_CLAMP,
                    help=f"local-range clamp, fraction of the long side; 0 = off (default {RANGE_CLAMP:g})")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
+    p.add_argument("--compare", type=Path, nargs="+", default=None,
+                   help="print the one-stage ratios of several --json files side by side, running nothing")
     args = p.parse_args()
+    if args.compare:
+        print(compare(args.compare), end="")
+        return 0
     if args.from_json is not None:
         if args.markdown is None:
             p.error("--from-json needs --markdown")
@@ -167,7 +197,8 @@ def main() -> int:
         args.markdown.write_text(markdown(data["refiner"], data["cells"], tuple(data["seeds"])))
         return 0
     torch.set_num_threads(args.threads)
-    refiner = Refiner.from_pretrained(args.weights)
+    refiner = (refiner_from_checkpoint(args.weights) if args.weights.endswith(".json")
+               else Refiner.from_pretrained(args.weights))
     t_start = time.perf_counter()
     cells = []
     for ds in args.datasets:

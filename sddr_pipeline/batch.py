@@ -22,7 +22,7 @@ import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -30,10 +30,12 @@ import numpy as np
 from . import __version__
 from .data import ImageReadError, Sample, open_dataset
 from .inference import RANGE_CLAMP, TwoStageConfig, refine
+from .inference.one_stage import default_resolutions
 from .inference.range_clamp import check_range_clamp
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
 from .io.lock import holding_output_lock, is_lock_file
+from .io.names import UnsafeNameError, check_name
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
@@ -66,14 +68,16 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _safe_name(name: str) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
-        raise RefineJobError(f"refusing output name {name!r}: it would escape the output folder")
-    return name
+def _safe_name(sample) -> str:
+    """The sample's name, checked (:func:`~sddr_pipeline.io.names.check_name`) before it
+    becomes output file names."""
+    try:
+        return check_name(sample.name, str(sample.image_path), "output name")
+    except UnsafeNameError as exc:
+        raise RefineJobError(str(exc)) from None
 
 
-def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int | None, high: int | None,
+def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int, high: int,
                   two: TwoStageConfig | None, scale_points: int | None = None,
                   range_clamp: float = RANGE_CLAMP) -> dict:
     identity = {
@@ -189,6 +193,12 @@ def refine_folder(
         raise RefineJobError(f"cannot read input {src}: {exc}") from exc
     if len(dataset) == 0:
         raise RefineJobError(f"input {src} holds no images")
+    if scale_points:
+        _check_scale_points_input(src, dataset)
+    try:
+        low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    except ValueError as exc:
+        raise RefineJobError(str(exc)) from None
     if range_clamp is not None:
         check_range_clamp(range_clamp)
     two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
@@ -211,7 +221,7 @@ def refine_folder(
     bar = _progress(len(dataset), progress)
     try:
         for sample in dataset:
-            name = _safe_name(sample.name)
+            name = _safe_name(sample)
             entry = images.get(name)
             fingerprint = _input_fingerprint(sample)
             if skip_existing and _is_done(out, entry, confidence, fingerprint):
@@ -257,6 +267,19 @@ def refine_folder(
         report.seconds = time.perf_counter() - t_start
         _save_manifest(out, manifest, report, t_start)
     return report
+
+
+def _check_scale_points_input(src: Path, dataset) -> None:
+    """``--scale-points`` takes each image's own metric depth: refuse, once and before
+    OUTPUT is touched, an input where no image has any (e.g. a plain image folder)."""
+    missing = dataset.names_without_depth()
+    if len(missing) == len(dataset):
+        raise RefineJobError(
+            f"--scale-points needs each image's metric depth, but none of the {len(dataset)} image(s) of {src} "
+            f"(layout {dataset.layout}) has a depth map: give the images their RGB-D / LiDAR depth (a dataset "
+            "folder with depth ground truth, e.g. the generic layout's rgb/ + gt/, NYU, KITTI, rgbd_sequence), "
+            "or drop --scale-points to write relative maps"
+        )
 
 
 def _scale_reference(sample, n: int):

@@ -96,3 +96,26 @@ def test_bad_mode_and_resolutions(refiner):
         refine(image, pred, refiner, mode="three-stage")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must not exceed"):
         refine(image, pred, refiner, low_res=512, high_res=256)
+
+
+class WindowPredictor(PlanePredictor):
+    """The plane for the whole image; ``window`` (a constant or NaN map) for its windows."""
+
+    def __init__(self, window: float):
+        super().__init__(OutputKind("disparity", False))
+        self.window = window
+
+    def predict(self, image, resolution, context=None):
+        plane = super().predict(image, resolution, context)
+        return np.full_like(plane, self.window) if context is not None and context.crop else plane
+
+
+def test_flat_windows_are_refined_but_non_finite_ones_are_named_errors(refiner):
+    from sddr_pipeline.predictors import PredictorError
+
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    args = dict(mode="two-stage", low_res=32, high_res=64, context=SampleContext(name="x"), two_stage=TwoStageConfig(steps=1))
+    assert np.isfinite(refine(image, WindowPredictor(0.5), refiner, **args).depth).all()
+    with pytest.raises(PredictorError, match=r"^predictor 'plane-disparity' on windows at 64px \(window 0\) returned "
+                                             r"no finite value \(all \d+ pixels are NaN or inf\)$"):
+        refine(image, WindowPredictor(np.nan), refiner, **args)

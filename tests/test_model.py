@@ -3,6 +3,7 @@ and safetensors-only save/load."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -64,6 +65,22 @@ def test_config_round_trip_and_presets() -> None:
 def test_config_rejects_bad_values(changes: dict) -> None:
     with pytest.raises(ValueError):
         PRESETS["sddr-small"].replace(**changes)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("interaction_ffn", 10**12, "interaction_ffn must be at most 16384, got 1000000000000"),
+    ("decoder_channels", (96, 64, 48, 32, 16, 12, 10**9), "decoder_channels must be at most 2048, got (96, 64, 48, 32, 16, 12, 1000000000)"),
+    ("mit_depths", (1, 1, 1, 100), "mit_depths must be at most 32, got (1, 1, 1, 100)"),
+    ("max_side", 10**6, "max_side must be at most 16384, got 1000000"),
+])
+def test_config_refuses_huge_sizes_by_name(key: str, value, message: str, tmp_path) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        PRESETS["sddr-small"].replace(**{key: value})
+    data = PRESETS["sddr-small"].to_dict() | {key: list(value) if isinstance(value, tuple) else value}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'config.json'))}: {re.escape(message)}$"):
+        Refiner.from_pretrained(tmp_path)
 
 
 def test_config_rejects_unknown_keys() -> None:

@@ -13,7 +13,7 @@ from sddr_pipeline.batch import refine_folder
 from sddr_pipeline.data import write_synthetic_dataset
 from sddr_pipeline.geometry import RelativeDepthError
 from sddr_pipeline.models import Refiner
-from sddr_pipeline.plugins.nerf import NerfExportError, export_nerf, read_confidence_png
+from sddr_pipeline.plugins.nerf import DEFAULT_OUTPUT, NerfExportError, export_nerf, read_confidence_png
 from sddr_pipeline.predictors import get_predictor
 from test_geometry import GroundTruthMetric
 
@@ -159,7 +159,7 @@ def test_confidence_weight_maps_round_trip(tmp_path, fmt):
     depths["frame_001"] = depths["frame_001"][::2, ::2].copy()  # half-size maps for a full-size image
     conf = make_confidence(depths)
     report = export_nerf(tmp_path / "cap" / "transforms.json", depths, fmt, confidence=conf)
-    out = json.loads((tmp_path / "cap" / "transforms_depth.json").read_text())
+    out = json.loads((tmp_path / "cap" / DEFAULT_OUTPUT[fmt]).read_text())
     depth_key = "depth_file_path" if fmt == "nerfstudio" else "depth_path"
     assert len(report.confidence) == 3
     for frame in out["frames"]:
@@ -231,3 +231,19 @@ def test_confidence_from_refine_output(tmp_path):
     (tmp_path / "metric" / "confidence" / f"{report.done[1]}.npy").unlink()
     with pytest.raises(NerfExportError, match=f"no confidence map for frame 'rgb/{report.done[1]}.png'.*--skip-existing --confidence"):
         export_nerf(data / "transforms.json", tmp_path / "metric", "3dgs", confidence=True)
+
+
+def test_instant_ngp_never_overwrites_the_nerfstudio_export(tmp_path):
+    depths = make_capture(tmp_path / "cap")
+    t = tmp_path / "cap" / "transforms.json"
+    export_nerf(t, depths, "nerfstudio")
+    nerfstudio = (tmp_path / "cap" / "transforms_depth.json").read_bytes()
+    report = export_nerf(t, depths, "instant-ngp")
+    assert report.transforms == tmp_path / "cap" / "transforms_depth_ngp.json"
+    assert (tmp_path / "cap" / "transforms_depth.json").read_bytes() == nerfstudio
+    assert "integer_depth_scale" in json.loads(report.transforms.read_text())
+    with pytest.raises(NerfExportError, match="refusing to overwrite .*transforms_depth.json: it holds the nerfstudio export"):
+        export_nerf(t, depths, "instant-ngp", tmp_path / "cap" / "transforms_depth.json")
+    with pytest.raises(NerfExportError, match="it holds the instant-ngp export"):
+        export_nerf(t, depths, "nerfstudio", report.transforms)
+    assert (tmp_path / "cap" / "transforms_depth.json").read_bytes() == nerfstudio

@@ -302,6 +302,52 @@ def test_refine_stage_turns_failures_into_rows(tmp_path, weights):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(good["image"]))), pixels["good"])
 
 
+GARBAGE_PREDICTOR = """
+import numpy as np
+
+
+def depth(image):
+    kind = int(image[0, 0, 0]) % 4
+    if kind == 0:
+        return np.full(image.shape[:2], np.nan, np.float32)
+    if kind == 1:
+        return np.zeros(image.shape[:2], np.float32)
+    if kind == 2:
+        raise SystemExit(1)
+    return np.full(image.shape[:2], np.inf, np.float32)
+"""
+
+
+def test_refine_stage_turns_garbage_predictions_into_error_rows(tmp_path, weights):
+    names = ["nan", "zero", "exit", "inf"]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((24, 32, 3), i, np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "garbage.py").write_text(GARBAGE_PREDICTOR)
+    batch = read_inputs(pa.table({"id": names, "source": [str(tmp_path / f"{n}.png") for n in names]}), attempts=1)
+    stage = RefineStage(f"python:{tmp_path / 'mods' / 'garbage.py'}:depth", weights, torch_threads=1, **RES)
+    rows = {r["id"]: r for r in stage(batch).to_pylist()}
+    assert {k: (r["error_stage"], r["depth"]) for k, r in rows.items()} == {n: ("predict", None) for n in names}
+    assert "returned no finite value (all 768 pixels are NaN or inf)" in rows["nan"]["error_reason"]
+    assert "returned no finite value (all 768 pixels are NaN or inf)" in rows["inf"]["error_reason"]
+    assert "returned a constant map (0 at every finite pixel)" in rows["zero"]["error_reason"]
+    assert "failed: SystemExit: 1" in rows["exit"]["error_reason"]
+
+
+def test_refine_stage_turns_non_finite_refined_maps_into_error_rows(tmp_path, weights):
+    import torch
+
+    write_images(tmp_path, ["good"])
+    batch = read_inputs(pa.table({"id": ["good"], "source": [str(tmp_path / "good.png")]}), attempts=1)
+    stage = RefineStage(write_predictor(tmp_path / "mods"), weights, torch_threads=1, **RES)
+    with torch.no_grad():
+        for p in stage.refiner.net.parameters():
+            p.fill_(float("nan"))
+    row = stage(batch).to_pylist()[0]
+    assert (row["error_stage"], row["depth"]) == ("refine", None)
+    assert row["error_reason"].startswith("NonFiniteResultError: refinement gave non-finite pixels (depth 3072 of 3072")
+
+
 def test_refine_stage_fills_confidence_only_when_asked(tmp_path, weights):
     from sddr_pipeline import get_predictor, refine
     from sddr_pipeline.confidence import confidence

@@ -65,6 +65,21 @@ def flat_predictor(tmp_path, monkeypatch):
 
         def nans(image):
             return np.full(image.shape[:2], np.nan, np.float32)
+
+        def infs(image):
+            return np.full(image.shape[:2], np.inf, np.float32)
+
+        def zeros(image):
+            return np.zeros(image.shape[:2], np.float32)
+
+        def complex_map(image):
+            return smooth(image) * (1 + 1j)
+
+        def negative(image):
+            return -smooth(image)
+
+        def exits(image):
+            raise SystemExit(3)
         """
     ))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -158,13 +173,79 @@ def test_bad_images_skip_and_fail(tmp_path, images_folder, weights, flat_predict
     assert "empty.jpg" in err and "--on-error skip" in err
 
 
-@pytest.mark.parametrize("fn", ["constant", "nans"])
-def test_degenerate_predictions_never_give_nan(tmp_path, dataset, weights, flat_predictor, fn):
-    out = tmp_path / fn
-    rc = main(["refine", str(dataset / "rgb"), str(out), "--predictor", f"{flat_predictor}:{fn}", "--weights", str(weights), "--quiet", "--low-res", "32", "--high-res", "64"])
+@pytest.mark.parametrize(("fn", "options", "reason"), [
+    ("constant", "", "returned a constant map (3 at every finite pixel); it holds no depth"),
+    ("zeros", "", "returned a constant map (0 at every finite pixel); it holds no depth"),
+    ("nans", "", "returned no finite value (all 768 pixels are NaN or inf)"),
+    ("infs", "", "returned no finite value (all 768 pixels are NaN or inf)"),
+    ("complex_map", "", "returned complex values (complex64); a depth map must be real"),
+    ("negative", ";metric=true", "returned negative metric disparity (min -"),
+    ("negative", ";kind=depth", "returned a depth map with no positive value (max -"),
+    ("exits", "", "failed: SystemExit: 3"),
+])
+def test_garbage_predictions_are_named_per_image_errors(tmp_path, dataset, weights, flat_predictor, fn, options, reason,
+                                                         capsys):
+    spec = f"{flat_predictor}:{fn}{options}"
+    args = ["--predictor", spec, "--weights", str(weights), "--quiet", "--low-res", "32", "--high-res", "64"]
+    rc = main(["refine", str(dataset / "rgb"), str(tmp_path / "fail"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"{sorted((dataset / 'rgb').iterdir())[0]}: refine failed: PredictorError: " in err
+    assert f"python:toy_predictors:{fn}@" in err
+    assert reason in err and "--on-error skip" in err
+    rc = main(["refine", str(dataset / "rgb"), str(tmp_path / "skip"), *args, "--on-error", "skip"])
+    assert rc == 1
+    manifest = json.loads((tmp_path / "skip" / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == 0 and manifest["counts"]["failed"] == 2
+    assert all(reason in e["reason"] and e["stage"] == "refine" for e in manifest["errors"])
+    assert not list((tmp_path / "skip").rglob("*.npy"))
+
+
+def test_relative_disparity_may_be_negative(tmp_path, dataset, weights, flat_predictor):
+    out = tmp_path / "o"
+    rc = main(["refine", str(dataset / "rgb"), str(out), "--predictor", f"{flat_predictor}:negative", "--weights",
+               str(weights), "--quiet", "--low-res", "32", "--high-res", "64"])
     assert rc == 0
     for m in load_depth(out).values():
         assert np.isfinite(m.depth).all()
+
+
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, dataset, weights, capsys):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((weights / "config.json").read_bytes())
+    state = load_file(str(weights / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name][...] = float("nan")
+    save_file(state, str(bad / "model.safetensors"))
+    rc = main(["refine", str(dataset), str(tmp_path / "o"), "--predictor", SIM, "--weights", str(bad), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'model.safetensors'}: weights hold NaN or inf values (in ['{name}'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_refined_maps_are_per_image_errors(tmp_path, dataset, weights):
+    import torch
+
+    from sddr_pipeline.batch import RefineJobError, refine_folder
+    from sddr_pipeline.predictors import get_predictor
+
+    refiner = Refiner.from_pretrained(weights)
+    with torch.no_grad():
+        for p in refiner.net.parameters():
+            p.fill_(float("nan"))
+    predictor = get_predictor(SIM)
+    report = refine_folder(dataset, tmp_path / "skip", predictor, refiner, on_error="skip", progress=False,
+                           low_res=48, high_res=96)
+    assert not report.done and len(report.failed) == 2
+    for reason in report.failed.values():
+        assert reason.startswith("NonFiniteResultError: refinement gave non-finite pixels (depth 6912 of 6912")
+    assert not list((tmp_path / "skip").rglob("*.npy"))
+    with pytest.raises(RefineJobError, match="refine failed: NonFiniteResultError"):
+        refine_folder(dataset, tmp_path / "fail", predictor, refiner, progress=False, low_res=48, high_res=96)
 
 
 def test_default_weights_are_used_by_default(tmp_path, dataset):
@@ -253,8 +334,14 @@ def test_scale_points_make_metric_maps_from_sensor_depth(tmp_path, shared_data, 
 def test_scale_points_refuse_images_without_metric_depth(tmp_path, images_folder, weights, flat_predictor, capsys):
     code = main(["refine", str(images_folder), str(tmp_path / "o"), "--predictor", f"{flat_predictor}:smooth",
                  "--weights", str(weights), "--scale-points", "50", "--quiet"])
-    assert code != 0
-    assert "--scale-points needs the image's metric depth" in capsys.readouterr().err
+    assert code == 1
+    assert capsys.readouterr().err == (  # once, up front, with the fix; OUTPUT untouched
+        f"sddr refine: --scale-points needs each image's metric depth, but none of the 5 image(s) of {images_folder} "
+        "(layout images) has a depth map: give the images their RGB-D / LiDAR depth (a dataset folder with depth "
+        "ground truth, e.g. the generic layout's rgb/ + gt/, NYU, KITTI, rgbd_sequence), or drop --scale-points "
+        "to write relative maps\n"
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def _outputs_state(out):

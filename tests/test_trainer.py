@@ -62,6 +62,15 @@ def test_set_overrides_parse_as_yaml_and_reach_the_config(tmp_path):
     assert cfg.loss.trim == 0.0 and cfg.noise.cons == (0.0, 0.35) and cfg.steps == 9 and cfg.loss.grad == 0.5
 
 
+def test_exponent_numbers_without_a_dot_are_floats(tmp_path):
+    assert parse_override("lr=1e-3") == ("lr", 0.001)
+    assert parse_override("lr=-2E+2") == ("lr", -200.0)
+    assert parse_override("init=1e3x") == ("init", "1e3x")
+    assert parse_override("steps=12") == ("steps", 12)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", "steps: 5\nlr: 5e-4\n"), dict([parse_override("weight_decay=1e-2")]))
+    assert cfg.lr == 0.0005 and cfg.weight_decay == 0.01
+
+
 @pytest.mark.parametrize("text", ["loss.trim", "=3", "loss.trim=", "loss.trim=null", "a..b=1", "x=[1,", "a b=1"])
 def test_bad_set_overrides_are_refused_with_the_key(text):
     with pytest.raises(ConfigError, match="override"):
@@ -95,6 +104,9 @@ def test_train_cli_applies_set_and_reports_bad_ones(tmp_path, capsys):
         ("steps: 5\nstages: [{kind: gt, steps: 3}]\n", "stages"),
         ("steps: 5\nstages: [{kind: finetune, steps: 5}]\n", r"stages\[0\]\.kind"),
         ("steps: 5\npreset: sddr-huge\n", "preset"),
+        ("steps: 5\ncrop: 1000000\n", "crop must be <= 8192, got 1000000"),
+        ("steps: 5\nbatch_size: 100000\n", "batch_size must be <= 1024, got 100000"),
+        ("steps: 5\nhigh_res: 1000000\n", "high_res must be <= 16384, got 1000000"),
         ("- 1\n- 2\n", "mapping"),
     ],
 )
@@ -318,6 +330,72 @@ def test_resume_refuses_a_changed_config(straight_run):
         train(config_from_dict(tiny(straight_run, steps=8, lr=5e-4)), progress=None)
 
 
+def _write_checkpoints(folder: Path, steps: list[int], corrupt: set[int]) -> None:
+    from sddr_pipeline.training.trainer import save_checkpoint
+
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(net.parameters())
+    config = config_from_dict(tiny(folder.parent))
+    for step in steps:
+        save_checkpoint(folder, step, config, net, optimizer, "gt")
+        if step in corrupt:
+            weights = folder / f"step-{step:06d}.safetensors"
+            weights.write_bytes(weights.read_bytes()[:20])
+
+
+@pytest.mark.parametrize("keep, left", [(2, [1, 2, 3, 4]), (1, [2, 3, 4])])
+def test_prune_keeps_the_newest_verified_checkpoints_and_never_counts_corrupt_ones(tmp_path, keep, left):
+    from sddr_pipeline.training.trainer import _prune, list_checkpoints
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    _write_checkpoints(folder, [1, 2, 3, 4], corrupt={3, 4})
+    _prune(folder, keep)
+    assert sorted(step for step, _ in list_checkpoints(folder)) == left
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"step-{s:06d}{suffix}" for s in left for suffix in (".json", ".safetensors", ".optim.safetensors"))
+
+
+def _train_cli(tmp_path: Path, out: Path, *extra: str, **changes) -> list[str]:
+    import yaml
+
+    from sddr_pipeline.cli.main import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny(out, **changes)))
+    return [str(main(["train", "--config", str(config), "--quiet", *extra]))]
+
+
+def test_all_unreadable_checkpoints_refuse_resume_unless_no_resume(straight_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    for weights in (out / "checkpoints").glob("step-*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    log = (out / "log.jsonl").read_bytes()
+    before = sorted((p.name, p.stat().st_size) for p in (out / "checkpoints").iterdir())
+    assert _train_cli(tmp_path, out) == ["2"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"sddr train: cannot resume from {out / 'checkpoints'}: none of its checkpoints is readable "
+        "(step-000006.json: step-000006.safetensors does not match its recorded sha256 (truncated or changed); "
+        "step-000003.json: step-000003.safetensors does not match its recorded sha256 (truncated or changed)); "
+        "restore them, use another output folder, or start over with --no-resume"
+    ]
+    assert (out / "log.jsonl").read_bytes() == log
+    assert sorted((p.name, p.stat().st_size) for p in (out / "checkpoints").iterdir()) == before
+    assert _train_cli(tmp_path, out, "--no-resume", "--steps", "2") == ["0"]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_refused_resume_is_one_cli_line(straight_run, tmp_path, capsys):
+    assert _train_cli(tmp_path, straight_run, lr=5e-4) == ["2"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"sddr train: cannot resume from {straight_run / 'checkpoints' / 'step-000006.json'}: the config changed in lr;")
+
+
 def test_init_starts_from_given_weights(tmp_path):
     """``init:`` copies weights of the same architecture before step 0 (fine-tuning)."""
     src = Refiner.from_config("sddr-small", seed=11)
@@ -337,6 +415,41 @@ def test_init_refuses_another_architecture(tmp_path):
     cfg = config_from_dict(tiny(tmp_path / "run", steps=1, warmup_steps=0, preset="sddr-paper", init=str(tmp_path / "w")))
     with pytest.raises(ValueError, match="not a 'sddr-paper' network"):
         train(cfg, progress=None)
+
+
+def test_checkpoint_sync_carries_a_run_to_a_new_folder_bitwise(straight_run, tmp_path):
+    """The cross-session route of the README: save the newest checkpoint to a versioned
+    folder, restore it into a fresh run folder elsewhere, resume: same final weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("checkpoint_sync", Path(__file__).parents[1] / "scripts" / "checkpoint_sync.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    first = tmp_path / "session1"
+    cfg = config_from_dict(tiny(first))
+    with pytest.raises(Interrupt):
+        train(cfg, progress=stop_at(5, []))
+    store = tmp_path / "store"
+    assert sync.main(["save", str(first), str(store)]) == 0
+    assert sorted(p.name for p in store.iterdir()) == [
+        "log.jsonl", "step-000003.json", "step-000003.optim.safetensors", "step-000003.safetensors"]
+    second = tmp_path / "session2"
+    assert sync.main(["restore", str(store), str(second)]) == 0
+    train(config_from_dict(tiny(second)), progress=None)
+    _same_files(straight_run / "final" / "model.safetensors", second / "final" / "model.safetensors")
+    assert sync.main(["save", str(first), str(store)]) == 0  # same step again: allowed
+
+
+def test_a_checkpoint_loads_as_a_refiner(straight_run, tmp_path):
+    from sddr_pipeline.training.trainer import refiner_from_checkpoint
+
+    refiner = refiner_from_checkpoint(straight_run / "checkpoints" / "step-000006.json")
+    expect = load_file(str(straight_run / "checkpoints" / "step-000006.safetensors"))
+    for key, value in refiner.net.state_dict().items():
+        assert torch.equal(value, expect[key]), key
+    (tmp_path / "step-000001.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        refiner_from_checkpoint(tmp_path / "step-000001.json")
 
 
 def test_train_refuses_an_output_held_by_another_run(tmp_path, capsys):

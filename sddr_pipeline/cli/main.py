@@ -118,10 +118,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     from ..io.lock import OutputLockError
     from ..training.shard_source import ShardSourceError
+    from ..training.trainer import ResumeError
 
     try:
         final = train(config, resume=not args.no_resume, progress=None if args.quiet else print)
-    except ShardSourceError as exc:  # training shards that cannot be used: the message names the file
+    except (ShardSourceError, ResumeError) as exc:  # unusable shards or checkpoints: the message names the file
         print(f"sddr train: {exc}", file=sys.stderr)
         return 2
     except OutputLockError as exc:  # another run holds OUTPUT: the message names it

@@ -163,6 +163,11 @@ class Dataset(Sequence[Sample]):
     def __repr__(self) -> str:
         return f"Dataset(root={str(self.root)!r}, layout={self.layout!r}, samples={len(self)})"
 
+    def names_without_depth(self) -> list[str]:
+        """Names of the samples with no ground-truth DEPTH map (none, or disparity), known
+        without reading any pixel."""
+        return [e.name for e in self._entries if e.load_gt is None or e.gt_kind != "depth"]
+
     @staticmethod
     def _load(entry: _Entry) -> Sample:
         gt = None

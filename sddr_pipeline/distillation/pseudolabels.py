@@ -38,7 +38,7 @@ import torch
 from ..data import Dataset, open_dataset
 from ..inference.one_stage import default_resolutions
 from ..inference.two_stage import TwoStageConfig, refine_two_stage
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json, check_name
 from ..predictors.base import Predictor, SampleContext
 from ..training.losses import edge_clusters
 
@@ -141,12 +141,6 @@ class PseudoLabelRun:
     skipped: list[str] = field(default_factory=list)
 
 
-def _check_name(name: str) -> None:
-    parts = Path(name).parts
-    if not name or Path(name).is_absolute() or ".." in parts:
-        raise ValueError(f"sample name {name!r} cannot be used as a relative file name")
-
-
 def _load_manifest(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         return {"format": FORMAT_VERSION, "settings": settings, "items": {}}
@@ -202,7 +196,7 @@ def write_pseudo_labels(
     run = PseudoLabelRun(manifest_path)
     say = progress or (lambda _line: None)
     for sample in dataset:
-        _check_name(sample.name)
+        check_name(sample.name, str(dataset.root), "sample name")
         if _done(root, manifest["items"].get(sample.name)):
             run.skipped.append(sample.name)
             continue

@@ -9,7 +9,6 @@ refused with :class:`RelativeDepthError`; give it a scale reference first.
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -30,6 +29,14 @@ OPEN3D_HINT = (
 
 class RelativeDepthError(ValueError):
     """A relative (unscaled) depth map was given where metric depth is required."""
+
+
+METRIC_FIX = (
+    "Make the maps metric: `sddr refine INPUT OUTPUT --scale-points N ...` (N pixels of each image's own "
+    "RGB-D / LiDAR depth as the scale reference), `sddr colmap` (scaled to the SfM points), or a metric "
+    "predictor (spec option `metric=true`)."
+)
+"""How to get metric maps; every relative-depth refusal ends with it."""
 
 
 def require_open3d() -> Any:
@@ -76,8 +83,7 @@ def metric_depth(depth: np.ndarray, space: str, metric: bool, what: str = "depth
     if not metric:
         raise RelativeDepthError(
             f"{what} is RELATIVE ({space} up to an unknown scale and shift): a point cloud needs metric depth. "
-            "Refine it with a scale reference (sddr_pipeline.inference.ScaleReference: sparse metric depths such "
-            "as SfM points, e.g. `sddr colmap`), or use a metric predictor (spec option `metric=true`)."
+            f"{METRIC_FIX}"
         )
     d = np.asarray(depth, dtype=np.float64)
     if space == "disparity":
@@ -399,10 +405,24 @@ def render_views(
 
 
 def read_refine_manifest(folder: Path) -> dict:
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no manifest.json; expected an `sddr refine` output folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The checked manifest of an ``sddr refine`` output (:func:`sddr_pipeline.io.read_manifest`):
+    its image names become output file names here."""
+    from ..io import read_manifest
+
+    return read_manifest(folder)
+
+
+def require_metric(folder: Path, manifest: dict, names: Sequence[str], purpose: str) -> None:
+    """Refuse an ``sddr refine`` output whose maps ``names`` include relative ones, before
+    anything else is read: :class:`RelativeDepthError` naming how many, the first one, and
+    :data:`METRIC_FIX`. ``purpose`` says what needs metric depth."""
+    images = manifest.get("images", {})
+    relative = [n for n in names if not images.get(n, {}).get("metric")]
+    if relative:
+        raise RelativeDepthError(
+            f"{folder}: {len(relative)} of {len(names)} map(s) are RELATIVE (e.g. {relative[0]!r}), up to an unknown "
+            f"scale and shift, but {purpose} needs metric depth. {METRIC_FIX}"
+        )
 
 
 def open_refined_input(manifest: dict) -> Any:
@@ -461,6 +481,7 @@ def pointcloud_from_output(
         done = [name]
     if not done:
         raise ValueError(f"{folder}: no completed images")
+    require_metric(folder, manifest, done, "a point cloud")
     single = out.suffix.lower() == ".ply"
     if single and len(done) > 1:
         raise ValueError(f"{folder} holds {len(done)} images; pass name=... (--name) or an output folder instead of {out}")

@@ -22,6 +22,7 @@ import numpy as np
 from .intrinsics import Intrinsics, IntrinsicsError, intrinsics_from_sample, load_intrinsics
 from .pointcloud import (
     read_refine_manifest,
+    require_metric,
     from_open3d,
     load_output_depth,
     metric_depth,
@@ -408,6 +409,7 @@ def fuse_from_output(
     names = sorted(n for n, e in manifest.get("images", {}).items() if e.get("status") == "done")
     if not names:
         raise ValueError(f"{folder}: no completed images")
+    require_metric(folder, manifest, names, "TSDF fusion")
     shared = load_intrinsics(intrinsics_file) if intrinsics_file is not None else None
     dataset = None
     if poses_file is None or shared is None:

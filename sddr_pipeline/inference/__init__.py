@@ -9,7 +9,7 @@ import numpy as np
 from ..predictors.base import Predictor, SampleContext
 from .one_stage import DEFAULT_HIGH_RES, DEFAULT_LOW_RES, refine_one_stage, refine_predictions
 from .range_clamp import RANGE_CLAMP, check_range_clamp
-from .result import RefineResult, ScaleReference
+from .result import NonFiniteResultError, RefineResult, ScaleReference
 from .two_stage import TwoStageConfig, coarse_to_fine, refine_two_stage
 
 Mode = Literal["one-stage", "two-stage"]
@@ -72,6 +72,7 @@ __all__ = [
     "DEFAULT_HIGH_RES",
     "DEFAULT_LOW_RES",
     "MODES",
+    "NonFiniteResultError",
     "RANGE_CLAMP",
     "RefineResult",
     "ScaleReference",

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..predictors.base import OutputKind, Predictor, PredictorError, SampleContext, check_image
+from ..predictors.base import OutputKind, Predictor, PredictorError, SampleContext, check_image, check_prediction
 from .alignment import align_least_squares, align_robust
 from .edges import edge_map
 from .normalize import from_disparity_like, minmax_normalize, prepare_prediction_batch, resize
 from .range_clamp import RANGE_CLAMP, clamp_radius, clamp_to_local_range
-from .result import RefineResult, ScaleReference
+from .result import RefineResult, ScaleReference, check_finite_result
 
 DEFAULT_LOW_RES = 384
 DEFAULT_HIGH_RES = 1024
@@ -104,24 +104,37 @@ def restore_units(
     return from_disparity_like(disp, kind), kind.space, kind.metric, source, (a, b)
 
 
+def _predictor_name(predictor: Predictor) -> str:
+    return repr(getattr(predictor, "name", predictor))
+
+
 def _predict(predictor: Predictor, image: np.ndarray, res: int, ctx: SampleContext | None) -> np.ndarray:
+    """One checked prediction (:func:`check_prediction`); any failure of the model, a
+    ``SystemExit`` included, is a :class:`PredictorError` naming the predictor."""
+    who = f"predictor {_predictor_name(predictor)} at {res}px"
     try:
-        return predictor.predict(image, res, ctx)
+        pred = predictor.predict(image, res, ctx)
     except PredictorError:
         raise
-    except Exception as exc:  # a third-party model failing must still name the predictor
-        raise PredictorError(f"predictor {getattr(predictor, 'name', predictor)!r} failed at {res}px: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # a third-party model failing is this image's error, not the run's end
+        raise PredictorError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
+    return check_prediction(pred, predictor.kind, who)
 
 
 def _predict_batch(
     predictor: Predictor, images: list[np.ndarray], res: int, contexts: list[SampleContext | None]
 ) -> list[np.ndarray]:
+    """Checked predictions of windows, with the errors of :func:`_predict`."""
+    who = f"predictor {_predictor_name(predictor)} on windows at {res}px"
     try:
-        return predictor.predict_batch(images, res, contexts)
+        preds = predictor.predict_batch(images, res, contexts)
     except PredictorError:
         raise
-    except Exception as exc:
-        raise PredictorError(f"predictor {getattr(predictor, 'name', predictor)!r} failed on windows at {res}px: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise PredictorError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
+    if len(preds) != len(images):
+        raise PredictorError(f"{who} returned {len(preds)} maps for {len(images)} windows")
+    return [check_prediction(p, predictor.kind, f"{who} (window {i})", window=True) for i, p in enumerate(preds)]
 
 
 def predict_pair(
@@ -156,12 +169,15 @@ def finish(
     depth, space, metric, source, ab = restore_units(maps.refined, maps.low_disp, kind, image_size, scale_reference)
     if edges is None and want_edges:
         edges = edge_map(maps.refined)
+    depth_map = depth[0, 0].float().cpu().numpy()
+    normalized = resize(maps.refined, image_size, antialias=False)[0, 0].cpu().numpy()
+    check_finite_result(depth=depth_map, normalized=normalized)
     result = RefineResult(
-        depth=depth[0, 0].float().cpu().numpy(),
+        depth=depth_map,
         space=space,
         metric=metric,
         scale_source=source,
-        normalized=resize(maps.refined, image_size, antialias=False)[0, 0].cpu().numpy(),
+        normalized=normalized,
         omega=resize(maps.omega, image_size)[0, 0].clamp(0, 1).cpu().numpy(),
         edges=None if edges is None else resize(edges, image_size)[0, 0].cpu().numpy(),
         low=np.asarray(low, dtype=np.float32),

@@ -6,6 +6,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class NonFiniteResultError(RuntimeError):
+    """Refinement produced NaN or inf pixels (e.g. non-finite weights): never a result."""
+
+
+def check_finite_result(**maps: np.ndarray) -> None:
+    """Raise :class:`NonFiniteResultError` naming each map of ``maps`` with NaN/inf pixels."""
+    bad = {name: int(np.size(m) - np.count_nonzero(np.isfinite(m))) for name, m in maps.items()}
+    bad = {name: n for name, n in bad.items() if n}
+    if bad:
+        counts = ", ".join(f"{name} {n} of {np.size(maps[name])}" for name, n in bad.items())
+        raise NonFiniteResultError(f"refinement gave non-finite pixels ({counts}); check the refiner weights")
+
+
 @dataclass(frozen=True)
 class ScaleReference:
     """Sparse metric depths (e.g. SfM points) used to bring a relative map to metres.

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from .atomic import atomic_write, atomic_write_bytes
+from .names import check_name
 
 PNG16_ENCODING = "linear-uint16: value = png * scale + offset; png 0 = invalid"
 
@@ -101,6 +102,30 @@ class DepthMap:
     entry: dict
 
 
+def read_manifest(output: str | Path) -> dict:
+    """The ``manifest.json`` of an ``sddr refine`` OUTPUT folder, with every image name and
+    every output path it lists checked (:func:`~sddr_pipeline.io.names.check_name`): the
+    names become file names in other commands, so a manifest naming ``../../x`` is refused
+    before any file is touched."""
+    root = Path(output)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: no manifest.json; not an `sddr refine` output folder")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    images = manifest.get("images", {}) if isinstance(manifest, dict) else None
+    if not isinstance(images, dict):
+        raise ValueError(f"{path}: 'images' must be an object {{name: entry}}")
+    for name, entry in images.items():
+        check_name(name, str(path), "image name")
+        outputs = entry.get("outputs", {}) if isinstance(entry, dict) else {}
+        for key, rel in (outputs.items() if isinstance(outputs, dict) else ()):
+            check_name(rel, f"{path}: image {name!r}", f"outputs.{key} path")
+    return manifest
+
+
 def load_depth(output: str | Path, name: str | None = None) -> DepthMap | dict[str, DepthMap]:
     """Read refined depth written by ``sddr refine``.
 
@@ -108,11 +133,7 @@ def load_depth(output: str | Path, name: str | None = None) -> DepthMap | dict[s
     returns all completed images keyed by name. ``output`` is the OUTPUT folder.
     """
     root = Path(output)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{root}: no manifest.json; not an `sddr refine` output folder")
-    manifest = json.loads(manifest_path.read_text())
-    images = manifest.get("images", {})
+    images = read_manifest(root).get("images", {})
 
     def one(n: str) -> DepthMap:
         entry = images.get(n)

@@ -21,6 +21,25 @@ MIT_STRIDES = (4, 2, 2, 2)
 FUSIONS = ("residual", "gated")
 #: Every network input is padded to a multiple of this.
 TOTAL_STRIDE = STEM_STRIDE * 4 * 2 * 2 * 2
+#: Largest value of each size setting (per entry for the tuples): about 8x the widest
+#: preset, so a typo or a hostile config.json (``interaction_ffn: 1000000000000``) is a
+#: named error instead of an attempt to allocate terabytes.
+SIZE_LIMITS: dict[str, int] = {
+    "stem_channels": 1024,
+    "mit_hidden_sizes": 2048,
+    "mit_depths": 32,
+    "mit_num_heads": 64,
+    "mit_sr_ratios": 64,
+    "mit_mlp_ratios": 16,
+    "interaction_layers": 64,
+    "interaction_heads": 64,
+    "interaction_ffn": 16384,
+    "decoder_channels": 2048,
+    "mask_channels": 1024,
+    "head_channels": 1024,
+    "max_side": 16384,
+    "guided_radius": 64,
+}
 
 
 def _ints(value: Any, n: int, name: str) -> tuple[int, ...]:
@@ -108,6 +127,10 @@ class RefinerConfig:
         for key in ("interaction_heads", "interaction_ffn", "mask_channels", "head_channels"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key, limit in SIZE_LIMITS.items():
+            value = getattr(self, key)
+            if max(value if isinstance(value, tuple) else (value,)) > limit:
+                raise ValueError(f"{key} must be at most {limit}, got {value!r}")
         deepest = self.mit_hidden_sizes[-1]
         if deepest % 4:
             raise ValueError(f"the deepest MiT width {deepest} must be divisible by 4 (2-D sine encoding)")

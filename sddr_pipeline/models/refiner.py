@@ -79,6 +79,10 @@ def _load_state(path: Path, net: SDDRNet) -> None:
         problems.append(f"shape mismatches {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
     if problems:
         raise ValueError(f"{path}: weights do not match the config: " + "; ".join(problems))
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ValueError(f"{path}: weights hold NaN or inf values (in {nonfinite[:5]}{' ...' if len(nonfinite) > 5 else ''}); "
+                         "they would give non-finite depth for every image")
     net.load_state_dict(state, strict=True)
 
 

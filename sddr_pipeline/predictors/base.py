@@ -148,11 +148,46 @@ def check_image(image: np.ndarray) -> None:
 
 
 def check_output(pred: np.ndarray, who: str) -> np.ndarray:
-    """Squeeze a model output to a float32 2-D map, or fail naming the predictor."""
-    arr = np.asarray(pred, dtype=np.float32)
-    arr = np.squeeze(arr)
+    """Squeeze a model output to a float32 2-D map, or fail naming the predictor.
+
+    Complex output is refused rather than cast (the cast would drop the imaginary part
+    with only a warning).
+    """
+    arr = np.asarray(pred)
+    if np.iscomplexobj(arr):
+        raise PredictorError(f"{who} returned complex values ({arr.dtype}); a depth map must be real")
+    if arr.dtype.kind not in "biuf":
+        raise PredictorError(f"{who} returned {arr.dtype} values, expected a numeric depth map")
+    arr = np.squeeze(arr.astype(np.float32, copy=False))
     if arr.ndim != 2:
         raise PredictorError(f"{who} returned an array of shape {np.shape(pred)}, expected a 2-D depth map")
+    return arr
+
+
+def check_prediction(pred: np.ndarray, kind: OutputKind, who: str, window: bool = False) -> np.ndarray:
+    """:func:`check_output`, then refuse maps that hold no depth, naming the reason.
+
+    A map SDDR can refine has finite pixels that are not all equal (all NaN/inf, all zero
+    or constant maps would be refined into a map of about zero and reported as success);
+    a depth map needs a positive pixel, and metric disparity (1/metres) cannot be
+    negative. Relative disparity is affine-invariant, so its sign is free. Single
+    NaN/inf pixels (and non-positive pixels of a depth map) are holes, filled later by
+    :func:`sddr_pipeline.inference.normalize.sanitize`. A ``window`` of an image may be
+    flat (a wall, the sky, a hole of a depth map): only the finite-value rules apply.
+    """
+    arr = check_output(pred, who)
+    values = arr[np.isfinite(arr)]
+    if values.size == 0:
+        raise PredictorError(f"{who} returned no finite value (all {arr.size} pixels are NaN or inf)")
+    lo, hi = float(values.min()), float(values.max())
+    if kind.space == "disparity" and kind.metric and lo < 0:
+        raise PredictorError(f"{who} returned negative metric disparity (min {lo:g}); 1/metres cannot be negative")
+    if window:
+        return arr
+    if lo == hi:
+        raise PredictorError(f"{who} returned a constant map ({lo:g} at every finite pixel); it holds no depth")
+    if kind.space == "depth" and hi <= 0:
+        raise PredictorError(f"{who} returned a depth map with no positive value (max {hi:g})")
     return arr
 
 

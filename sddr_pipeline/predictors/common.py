@@ -84,11 +84,14 @@ def to_tensor(
 def maps_to_size(pred: torch.Tensor | np.ndarray, size: tuple[int, int], who: str) -> list[np.ndarray]:
     """``BxHxW`` / ``Bx1xHxW`` model output -> B float32 maps of ``size``, bilinear if needed."""
     if isinstance(pred, np.ndarray):
-        out = torch.from_numpy(pred).float()
+        out = torch.from_numpy(pred)
     elif isinstance(pred, torch.Tensor):
-        out = pred.detach().float()
+        out = pred.detach()
     else:
         raise PredictorError(f"{who} returned a {type(pred).__name__}, expected a tensor")
+    if out.is_complex():
+        raise PredictorError(f"{who} returned complex values ({out.dtype}); a depth map must be real")
+    out = out.float()
     if out.ndim == 4 and out.shape[1] == 1:
         out = out[:, 0]
     if out.ndim != 3:

@@ -120,7 +120,8 @@ class PythonCallablePredictor(BasePredictor):
 
 def _as_array(out: Any) -> np.ndarray:
     if isinstance(out, torch.Tensor):
-        return out.detach().float().cpu().numpy()
+        out = out.detach().cpu()
+        return (out if out.is_complex() else out.float()).numpy()
     return np.asarray(out)
 
 

@@ -71,6 +71,8 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
+from ..io.names import shorten
+
 FORMAT = "sddr-shards/1"
 KIND_DEPTH = "depth"
 KIND_TRAINING = "training"
@@ -172,14 +174,14 @@ def decode_depth(row: Mapping[str, Any] | Any) -> np.ndarray:
     ``depth_encoding``, ``depth_dtype`` and ``depth_shape``."""
     encoding = _get(row, "depth_encoding")
     if encoding != "npy":
-        raise ShardFormatError(f"row {_get(row, 'id')!r}: unsupported depth_encoding {encoding!r}")
+        raise ShardFormatError(f"row {shorten(_get(row, 'id'))}: unsupported depth_encoding {encoding!r}")
     array = decode_array(_get(row, "depth"))
     if array is None:
-        raise ShardFormatError(f"row {_get(row, 'id')!r} has no depth")
+        raise ShardFormatError(f"row {shorten(_get(row, 'id'))} has no depth")
     dtype, shape = str(_get(row, "depth_dtype")), tuple(int(v) for v in _get(row, "depth_shape"))
     if str(array.dtype) != dtype or array.shape != shape:
         raise ShardFormatError(
-            f"row {_get(row, 'id')!r}: depth is {array.dtype} {array.shape} but the row says {dtype} {shape}"
+            f"row {shorten(_get(row, 'id'))}: depth is {array.dtype} {array.shape} but the row says {dtype} {shape}"
         )
     return array
 
@@ -198,7 +200,7 @@ def decode_confidence(row: Mapping[str, Any] | Any) -> np.ndarray | None:
     shape = tuple(int(v) for v in _get(row, "depth_shape"))
     if array is None or array.dtype != np.float32 or array.shape != shape:
         raise ShardFormatError(
-            f"row {_get(row, 'id')!r}: confidence must be float32 {shape} like depth, got "
+            f"row {shorten(_get(row, 'id'))}: confidence must be float32 {shape} like depth, got "
             f"{getattr(array, 'dtype', None)} {getattr(array, 'shape', None)}"
         )
     return array
@@ -224,7 +226,7 @@ def decode_regions(row: Mapping[str, Any] | Any) -> np.ndarray:
     """The bool KxHxW region masks of a training row."""
     labels = decode_array(_get(row, "regions"))
     if labels is None or labels.dtype != np.uint8 or labels.ndim != 2:
-        raise ShardFormatError(f"row {_get(row, 'id')!r}: regions must be a uint8 HxW label map")
+        raise ShardFormatError(f"row {shorten(_get(row, 'id'))}: regions must be a uint8 HxW label map")
     k = int(_get(row, "regions_count"))
     return labels[None] == np.arange(1, k + 1, dtype=np.uint8)[:, None, None]
 

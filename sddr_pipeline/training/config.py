@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..inference.range_clamp import check_range_clamp
+from ..io.yaml_numbers import load_yaml
 from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec
 from .losses import LossWeights
@@ -322,9 +323,9 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     d = _mapping(data, "", known)
     out: dict[str, Any] = {}
     ints = {
-        "seed": (0, None), "batch_size": (1, None), "crop": (32, None), "warmup_steps": (0, None),
+        "seed": (0, None), "batch_size": (1, 1024), "crop": (32, 8192), "warmup_steps": (0, None),
         "checkpoint_every": (1, None), "keep_checkpoints": (1, None), "validate_every": (0, None),
-        "low_res": (16, None), "high_res": (16, None), "data_workers": (0, 64),
+        "low_res": (16, 16384), "high_res": (16, 16384), "data_workers": (0, 64),
     }
     for key, (lo, hi) in ints.items():
         if key in d:
@@ -476,7 +477,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not _OVERRIDE_KEY.fullmatch(key):
         raise ConfigError(f"override {text!r}: expected KEY=VALUE with a (dotted) key, e.g. loss.trim=0")
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as exc:
         reason = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({reason})") from None
@@ -499,7 +500,7 @@ def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | N
         if not p.is_file():
             raise ConfigError(f"training config {p} not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = load_yaml(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -45,6 +45,7 @@ import torch
 from fsspec.parquet import AlreadyBufferedFile
 
 from ..inference.normalize import resize
+from ..io.names import shorten
 from ..shards.io import join, parquet_files, retry
 from ..shards.layout import MANIFEST, SHARDS_DIR, LayoutError, OutputLayout
 from ..shards.schema import KIND_TRAINING, ShardFormatError, decode_array
@@ -336,7 +337,7 @@ class TrainingShards:
     def _read_row(self, index: int, image: bool) -> ShardRow:
         f, r = self.locate(index)
         raw = self._raw_rows(f, range(r, r + 1), ("image",) if image else ())[0]
-        where = f"{self.display(self.files[f])} row {r} (id {raw['id']!r})"
+        where = f"{self.display(self.files[f])} row {r} (id {shorten(raw['id'])})"
         name = held_out_name(raw.get("source"), self.held_out)
         if name:
             raise ShardSourceError(f"{where}: made from the validation set {name} ({raw['source']}); training never reads it")
@@ -372,7 +373,7 @@ class TrainingShards:
                                    "set prediction_space: disparity or depth on this source")
         values = []
         for raw in rows:
-            row_where = f"{where} row (id {raw['id']!r})"
+            row_where = f"{where} row (id {shorten(raw['id'])})"
             low = self._array(raw, "low", row_where)
             refined = self._array(raw, "depth", row_where)
             small = resize(torch.from_numpy(np.nan_to_num(refined))[None, None], low.shape)[0, 0].numpy()

@@ -298,25 +298,61 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _valid_checkpoint(path: Path) -> dict[str, Any] | None:
+class ResumeError(ValueError):
+    """An output folder's checkpoints cannot be continued (unreadable, or made by another config or data)."""
+
+
+class MissingTeacherError(ResumeError, FileNotFoundError):
+    """A run resumed inside a distill round whose teacher weights file is gone."""
+
+
+def verify_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") when checkpoint ``path`` and its files exist and match their recorded
+    sha256; else (None, why not)."""
     try:
         record = json.loads(path.read_text())
         for name in (record["weights"], record["optimizer"]):
             file = path.parent / name
-            if not file.is_file() or _sha256(file) != record["sha256"][name]:
-                return None
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            if not file.is_file():
+                return None, f"{name} is missing"
+            if _sha256(file) != record["sha256"][name]:
+                return None, f"{name} does not match its recorded sha256 (truncated or changed)"
+        return record, ""
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable record ({type(exc).__name__}: {exc})"
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint whose files exist and match their recorded sha256."""
+    """The newest checkpoint whose files exist and match their recorded sha256.
+
+    Raises :class:`ResumeError` when ``folder`` holds checkpoints but none is valid:
+    starting over would silently discard the run (its step count and ``log.jsonl``).
+    """
+    problems = []
     for _, path in list_checkpoints(folder):
-        record = _valid_checkpoint(path)
+        record, why = verify_checkpoint(path)
         if record is not None:
             return path, record
+        problems.append(f"{path.name}: {why}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")
+        raise ResumeError(
+            f"cannot resume from {folder}: none of its checkpoints is readable ({shown}); "
+            "restore them, use another output folder, or start over with --no-resume"
+        )
     return None
+
+
+def refiner_from_checkpoint(path: str | Path, device: str = "cpu") -> Refiner:
+    """The network of checkpoint ``path`` (its ``step-XXXXXX.json``) as a :class:`Refiner`,
+    after verifying its files' sha256: to score or export a run's intermediate weights."""
+    path = Path(path)
+    record, why = verify_checkpoint(path)
+    if record is None:
+        raise ValueError(f"{path}: not a readable training checkpoint ({why})")
+    refiner = Refiner.from_config(record["config"]["preset"])
+    refiner.net.load_state_dict(load_file(str(path.parent / record["weights"])), strict=True)
+    return refiner.to(device)
 
 
 def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -362,7 +398,7 @@ def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
     now = config.to_dict()
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if changed:
-        raise ValueError(
+        raise ResumeError(
             f"cannot resume from {path}: the config changed in {', '.join(changed)}; "
             "restore those settings, use another output folder, or start over with --no-resume"
         )
@@ -370,7 +406,7 @@ def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
     for d in data or []:
         old = before.get(d["source"])
         if old is not None and old != d:
-            raise ValueError(
+            raise ResumeError(
                 f"cannot resume from {path}: the training shards of data[{d['source']}] ({d['root']}) changed since "
                 f"the checkpoint ({old.get('rows')} rows in {old.get('files')} files, predictions "
                 f"{old.get('prediction_space')} then; {d['rows']} rows in {d['files']} files, {d['prediction_space']} "
@@ -379,7 +415,13 @@ def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
 
 
 def _prune(folder: Path, keep: int) -> None:
-    for _, path in list_checkpoints(folder)[keep:]:
+    """Delete verified checkpoints older than the ``keep`` newest verified ones.
+
+    Corrupt checkpoints neither count toward ``keep`` nor are deleted, so pruning never
+    removes the last checkpoint a run can resume from.
+    """
+    verified = [path for _, path in list_checkpoints(folder) if verify_checkpoint(path)[0] is not None]
+    for path in verified[keep:]:
         stem = path.name[: -len(".json")]
         path.unlink(missing_ok=True)
         for suffix in (".safetensors", ".optim.safetensors"):
@@ -416,7 +458,7 @@ def prepare_round(
     if step == start:
         _save_safetensors(path, dict(net.state_dict()))
     elif not path.is_file():
-        raise FileNotFoundError(
+        raise MissingTeacherError(
             f"cannot resume inside the distill round that starts at step {start}: its teacher weights {path} "
             "are missing; resume from a checkpoint before that step or start over with --no-resume"
         )
