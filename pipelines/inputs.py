@@ -215,16 +215,21 @@ def list_inputs(uri: str, *, kind: str = "auto", layout: str = "auto",
     if kind not in INPUT_KINDS:
         raise InputError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
     fs, path = filesystem(uri, storage_options)
-    if kind == "auto":
-        kind = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path)
-    if kind in ("images", "dataset", "parquet") and not fs.exists(path):
-        raise InputError(f"input {uri} does not exist")
-    if kind == "dataset" and not is_local(fs):
-        raise InputError(f"dataset inputs (with ground truth) must be local folders, got {uri}")
     listers = {
         "images": lambda: _list_images(uri, fs, path),
         "dataset": lambda: _list_dataset(uri, path, layout),
         "list": lambda: _list_file(uri, fs, path, attempts, max_wait_s),
         "parquet": lambda: _list_parquet(uri, fs, path),
     }
-    return retry(listers[kind], what=f"listing {uri}", attempts=attempts, max_wait_s=max_wait_s)
+
+    def listing() -> InputSet:  # detection too touches the storage, so it is retried with the listing
+        found = kind
+        if found == "auto":
+            found = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path)
+        if found in ("images", "dataset", "parquet") and not fs.exists(path):
+            raise InputError(f"input {uri} does not exist")
+        if found == "dataset" and not is_local(fs):
+            raise InputError(f"dataset inputs (with ground truth) must be local folders, got {uri}")
+        return listers[found]()
+
+    return retry(listing, what=f"listing {uri}", attempts=attempts, max_wait_s=max_wait_s)
