@@ -126,6 +126,23 @@ def test_stale_ray_cluster_file_is_ignored_and_a_killed_driver_leaves_no_ray_pro
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
 
 
+@pytest.mark.slow
+def test_an_unreachable_ray_address_stops_under_the_stall_watchdog(tmp_path):
+    write_images(tmp_path / "in", ["a"])
+    ray_tmpdir = tempfile.mkdtemp(prefix="sddr-ray-", dir="/tmp")
+    try:
+        t0 = time.monotonic()
+        done = subprocess.run(cli("pipeline", "refine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                  "--predictor", "simulated", "--ray-address", DEAD_ADDRESS, "--stall-timeout", "5", "--quiet"),
+                              env={**os.environ, "RAY_TMPDIR": ray_tmpdir}, capture_output=True, text=True, timeout=150)
+        assert time.monotonic() - t0 < 120
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[-1] == (f"sddr pipeline refine: Ray could not start or reach the cluster at "
+                                                f"{DEAD_ADDRESS} within 5 s (stall_timeout_s); stopped before any work")
+    finally:
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------ object-store outage
 
 
