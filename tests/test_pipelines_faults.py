@@ -101,11 +101,13 @@ def test_stale_ray_cluster_file_is_ignored_and_a_killed_driver_leaves_no_ray_pro
                    "--stall-timeout", "90", "--quiet")
         env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "OMP_NUM_THREADS": "1"}
 
-        driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = tmp_path / "first-run.log"
+        with log.open("wb") as sink:
+            driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=sink)
         try:
             started = wait_for(lambda: (out / "shards" / "part-00000.parquet").exists() or driver.poll() is not None, 120)
             assert started and driver.poll() is None, (
-                f"the first run wrote no shard in 120 s (rc {driver.poll()}): {driver.stderr.read1(4000) if driver.poll() is not None else ''}")
+                f"the first run wrote no shard in 120 s (rc {driver.poll()}): {log.read_text()[-3000:]}")
             assert ray_processes(ray_tmpdir)
         finally:
             driver.kill()
@@ -132,9 +134,10 @@ def test_an_unreachable_ray_address_stops_under_the_stall_watchdog(tmp_path):
     ray_tmpdir = tempfile.mkdtemp(prefix="sddr-ray-", dir="/tmp")
     try:
         t0 = time.monotonic()
-        done = subprocess.run(cli("pipeline", "refine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                                  "--predictor", "simulated", "--ray-address", DEAD_ADDRESS, "--stall-timeout", "5", "--quiet"),
-                              env={**os.environ, "RAY_TMPDIR": ray_tmpdir}, capture_output=True, text=True, timeout=150)
+        args = cli("pipeline", "refine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                   "--predictor", "simulated", "--ray-address", DEAD_ADDRESS, "--stall-timeout", "5", "--quiet")
+        done = subprocess.run(args, env={**os.environ, "RAY_TMPDIR": ray_tmpdir}, capture_output=True, text=True,
+                              timeout=150)
         assert time.monotonic() - t0 < 120
         assert done.returncode == 1
         assert done.stderr.splitlines()[-1] == (f"sddr pipeline refine: Ray could not start or reach the cluster at "
