@@ -44,6 +44,7 @@ def test_transient_errors_are_told_from_permanent_ones():
         PermissionError("denied"),
         s3fs_translated("AccessDenied", 403, errno.EACCES),
         client_error("NoSuchBucket", 404),
+        client_error("NotImplemented", 501),
         OSError(errno.ENOSPC, "disk full"),
         ValueError("bad input"),
         StorageError("already retried"),

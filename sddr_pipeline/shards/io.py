@@ -58,6 +58,8 @@ TRANSIENT_TYPES = frozenset({
     "urllib3.exceptions.TimeoutError",  # NewConnectionError, ReadTimeoutError
     "http.client.IncompleteRead",
 })
+#: 5xx statuses that say the server cannot do this request at all (Not Implemented, HTTP Version Not Supported).
+PERMANENT_STATUSES = frozenset({501, 505})
 #: Error codes of object stores that mean "slow down" or "try again".
 THROTTLING_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestLimitExceeded",
@@ -127,7 +129,7 @@ def _error_code(exc: BaseException) -> str | None:
 def is_transient(exc: BaseException) -> bool:
     """True for storage errors that a later try can get past: lost or refused connections
     (botocore ``EndpointConnectionError``/``ConnectionClosedError``, aiohttp and urllib3
-    connection errors as s3fs surfaces them), timeouts, HTTP 5xx and 429, throttling
+    connection errors as s3fs surfaces them), timeouts, HTTP 5xx (not 501/505) and 429, throttling
     (``SlowDown``, ``Throttling``, ...), and the ``OSError`` numbers s3fs turns those into.
     Missing files, refused permissions and other errors are not transient. Errors that
     wrap another (``raise ... from``, as s3fs does) are judged by the whole chain."""
@@ -144,7 +146,7 @@ def is_transient(exc: BaseException) -> bool:
         if any(f"{c.__module__}.{c.__qualname__}" in TRANSIENT_TYPES for c in type(current).__mro__):
             return True
         status = _http_status(current)
-        if status is not None and (status >= 500 or status == 429):
+        if status is not None and ((status >= 500 and status not in PERMANENT_STATUSES) or status == 429):
             return True
         if _error_code(current) in THROTTLING_CODES:
             return True
