@@ -146,8 +146,8 @@ def run_pipeline_bench(cfg: PipelineBenchConfig = PipelineBenchConfig(), progres
                 loop = _plain_loop(str(data), str(weights), cfg, work / name, threads)
             report["items"][name] = {**loop, "peak_pss_mb": mem.peak / 2**20}
         t0 = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=cfg.object_store_memory, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=cfg.object_store_memory,
+                 include_dashboard=False, log_to_driver=False)  # private cluster, as runner.ray_session starts
         try:
             report["ray_init_seconds"] = time.perf_counter() - t0
             report["ray_idle_pss_mb"] = MemorySampler().total() / 2**20

@@ -66,6 +66,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-image", action=argparse.BooleanOptionalAction, default=None, help="store the input image bytes in the shards")
     p.add_argument("--max-failed-share", type=_non_negative_float, default=None, help="fail when more than this share of inputs fails")
     p.add_argument("--stall-timeout", type=_non_negative_float, default=None, help="seconds without any result before the job stops")
+    p.add_argument("--io-retry-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
+                   help="longest time one storage operation is retried through transient errors (default: 120)")
     p.add_argument("--storage-option", type=_storage_option, action="append", default=None, metavar="KEY=VALUE",
                    help='fsspec option (value parsed as JSON when it can be), e.g. client_kwargs=\'{"endpoint_url": "http://..."}\'')
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
@@ -81,6 +83,7 @@ def _overrides(args: argparse.Namespace, extra: tuple[str, ...]) -> dict[str, An
             "max_failed_share") + extra
     out = {k: getattr(args, k) for k in keys}
     out["stall_timeout_s"] = args.stall_timeout
+    out["io_retry_timeout_s"] = args.io_retry_timeout
     if args.storage_option:
         out["storage_options"] = dict(args.storage_option)
     out["ray"] = {"address": args.ray_address, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,

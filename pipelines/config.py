@@ -42,9 +42,10 @@ def _is_number(v: Any) -> bool:
 
 @dataclass
 class RayConfig:
-    """How to reach Ray. ``address`` None starts a local cluster for the run (and shuts it
-    down after) unless Ray is already initialised in the process; ``num_cpus``/``num_gpus``
-    /``object_store_memory`` (bytes) size that local cluster."""
+    """How to reach Ray. ``address`` None starts a private local cluster for the run (and
+    shuts it down after) unless Ray is already initialised in the process; ``num_cpus``/
+    ``num_gpus``/``object_store_memory`` (bytes) size that local cluster and are refused
+    together with an address."""
 
     address: str | None = None
     num_cpus: float | None = None
@@ -61,6 +62,10 @@ class RayConfig:
         _check(v is None or (_is_int(v) and v >= 75 * 2**20), "ray.object_store_memory",
                f"must be an integer number of bytes >= 78643200 (75 MiB), got {v!r}")
         _check(isinstance(self.progress_bars, bool), "ray.progress_bars", "must be true or false")
+        for key in ("num_cpus", "num_gpus", "object_store_memory"):
+            _check(self.address is None or getattr(self, key) is None, f"ray.{key}",
+                   f"sizes the local cluster started when no address is given; the cluster at {self.address} "
+                   "has its own resources: leave it out or drop the address")
 
 
 @dataclass
@@ -76,7 +81,9 @@ class PipelineConfig:
     (None: what is left after ``read_cpus``, at most 1), ``read_cpus`` per read task,
     ``torch_threads`` per actor (None: its whole CPUs, at least 1), ``batch_size`` rows per
     actor call. Robustness: ``max_failed_share`` of inputs that may fail before the job
-    fails, ``io_attempts`` per storage operation, ``stall_timeout_s`` without any result
+    fails, ``io_retry_timeout_s`` spent at most retrying one storage operation through
+    transient errors (an object-store outage shorter than that costs no work), optionally
+    also capped at ``io_attempts`` tries, ``stall_timeout_s`` without any result
     before the job is stopped (None: wait forever), ``progress_interval_s``.
     """
 
@@ -98,7 +105,8 @@ class PipelineConfig:
     rows_per_shard: int = 256
     include_image: bool = False
     max_failed_share: float = 0.1
-    io_attempts: int = 5
+    io_attempts: int | None = None
+    io_retry_timeout_s: float = 120.0
     stall_timeout_s: float | None = 1800.0
     progress_interval_s: float = 10.0
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -122,9 +130,13 @@ class PipelineConfig:
         v = self.cpus_per_actor
         _check(v is None or (_is_number(v) and v > 0), "cpus_per_actor", f"must be a positive number, got {v!r}")
         _check(_is_number(self.read_cpus) and self.read_cpus > 0, "read_cpus", f"must be a positive number, got {self.read_cpus!r}")
-        for key in ("batch_size", "rows_per_shard", "io_attempts"):
+        for key in ("batch_size", "rows_per_shard"):
             v = getattr(self, key)
             _check(_is_int(v) and v > 0, key, f"must be a positive integer, got {v!r}")
+        v = self.io_attempts
+        _check(v is None or (_is_int(v) and v > 0), "io_attempts", f"must be a positive integer or null, got {v!r}")
+        v = self.io_retry_timeout_s
+        _check(_is_number(v) and v >= 0, "io_retry_timeout_s", f"must be a non-negative number of seconds, got {v!r}")
         _check(isinstance(self.include_image, bool), "include_image", "must be true or false")
         _check(_is_number(self.max_failed_share) and 0 <= self.max_failed_share <= 1, "max_failed_share",
                f"must be a number in [0, 1], got {self.max_failed_share!r}")
@@ -210,7 +222,8 @@ def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
         if bad:
             raise ConfigError(f"unknown ray setting(s) {', '.join(bad)}; valid: {', '.join(sorted(ray_names))}")
         ray_cfg = RayConfig(**ray_values)
-    for key in ("gpus_per_actor", "cpus_per_actor", "read_cpus", "max_failed_share", "stall_timeout_s", "top"):
+    for key in ("gpus_per_actor", "cpus_per_actor", "read_cpus", "max_failed_share", "stall_timeout_s", "top",
+                "io_retry_timeout_s"):
         if _is_int(kwargs.get(key)):
             kwargs[key] = float(kwargs[key])
     config = cls(**kwargs, ray=ray_cfg)

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from sddr_pipeline.data import IMAGE_EXTENSIONS
 from sddr_pipeline.io.names import name_problem, shorten
-from sddr_pipeline.shards.io import filesystem, join, parquet_files, protocols, read_bytes, retry, unstrip
+from sddr_pipeline.shards.io import (DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, protocols, read_bytes, retry,
+                                     unstrip)
 
 INPUT_KINDS: tuple[str, ...] = ("auto", "images", "dataset", "list", "parquet")
 MAX_ID_LENGTH = 1024
@@ -137,9 +138,9 @@ def _parse_list_line(line: str, lineno: int, uri: str) -> tuple[str, str | None]
     return fields[0], (fields[1] if len(fields) == 2 else None)
 
 
-def _list_file(uri: str, fs, path: str, attempts: int) -> InputSet:
+def _list_file(uri: str, fs, path: str, attempts: int | None, max_wait_s: float) -> InputSet:
     try:
-        text = read_bytes(fs, path, attempts=attempts).decode("utf-8")
+        text = read_bytes(fs, path, attempts=attempts, max_wait_s=max_wait_s).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"list file {uri} is not UTF-8 text ({exc})") from exc
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -199,21 +200,28 @@ def detect_kind(uri: str, fs, path: str) -> str:
 
 
 def list_inputs(uri: str, *, kind: str = "auto", layout: str = "auto",
-                storage_options: Mapping[str, Any] | None = None, attempts: int = 5) -> InputSet:
-    """List an input (see the module doc for the kinds); ids come back sorted."""
+                storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,
+                max_wait_s: float = DEFAULT_MAX_WAIT_S) -> InputSet:
+    """List an input (see the module doc for the kinds); ids come back sorted. Transient
+    storage errors are retried for up to ``max_wait_s`` seconds (and ``attempts`` tries)."""
     if kind not in INPUT_KINDS:
         raise InputError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
     fs, path = filesystem(uri, storage_options)
-    if kind == "auto":
-        kind = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path)
-    if kind in ("images", "dataset", "parquet") and not fs.exists(path):
-        raise InputError(f"input {uri} does not exist")
-    if kind == "dataset" and not is_local(fs):
-        raise InputError(f"dataset inputs (with ground truth) must be local folders, got {uri}")
     listers = {
         "images": lambda: _list_images(uri, fs, path),
         "dataset": lambda: _list_dataset(uri, path, layout),
-        "list": lambda: _list_file(uri, fs, path, attempts),
+        "list": lambda: _list_file(uri, fs, path, attempts, max_wait_s),
         "parquet": lambda: _list_parquet(uri, fs, path),
     }
-    return retry(listers[kind], what=f"listing {uri}", attempts=attempts)
+
+    def listing() -> InputSet:  # detection too touches the storage, so it is retried with the listing
+        found = kind
+        if found == "auto":
+            found = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path)
+        if found in ("images", "dataset", "parquet") and not fs.exists(path):
+            raise InputError(f"input {uri} does not exist")
+        if found == "dataset" and not is_local(fs):
+            raise InputError(f"dataset inputs (with ground truth) must be local folders, got {uri}")
+        return listers[found]()
+
+    return retry(listing, what=f"listing {uri}", attempts=attempts, max_wait_s=max_wait_s)

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from sddr_pipeline import __version__
 from sddr_pipeline.io.lock import holding_output_lock
-from sddr_pipeline.shards.io import filesystem, write_table
+from sddr_pipeline.shards.io import StorageError, filesystem, remove_file, write_table
 from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
 from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
 
@@ -41,6 +41,10 @@ from .stage import read_inputs, select_parquet_rows
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MAX_BLOCK_ROWS = 64
+#: Ray log records that are notices, not problems: (logger, start of the message).
+RAY_NOTICES: tuple[tuple[str, str], ...] = (
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster"),
+)
 
 
 class PipelineError(RuntimeError):
@@ -90,26 +94,74 @@ class PipelineReport:
         return (self.rows_written + self.rows_failed) / self.seconds if self.seconds > 0 else 0.0
 
 
+def error_summary(exc: BaseException, limit: int = 400) -> str:
+    """One line for an error: Ray's wrappers (``RayTaskError`` and the like, whose text is
+    a whole remote traceback) are replaced by the error they carry, and only the first
+    line of its message is kept, cut at ``limit`` characters."""
+    seen: set[int] = set()
+    while type(exc).__module__.startswith("ray.") and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _dropped(notices: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Drop the log records ``(logger, message prefix)`` while the block runs, nothing else."""
+    filters = [(logging.getLogger(name), _DropPrefix(prefix)) for name, prefix in notices]
+    for logger, f in filters:
+        logger.addFilter(f)
+    try:
+        yield
+    finally:
+        for logger, f in filters:
+            logger.removeFilter(f)
+
+
 @contextlib.contextmanager
 def ray_session(config: RayConfig) -> Iterator[Any]:
-    """Ray for the run: reuse an initialised session, else start one (shut down after)."""
+    """Ray for the run: reuse an initialised session, else connect to ``config.address`` or
+    start a private local cluster (shut down after).
+
+    Without an address Ray is started with ``address="local"``: a bare ``ray.init()`` would
+    join whatever cluster ``ray/ray_current_cluster`` in Ray's temp folder names, and a stale
+    file there makes it retry a dead address for many minutes. Ray's notice that token
+    authentication is on (its default for a local cluster) reads like a failure on every
+    run; that one record is dropped (:data:`RAY_NOTICES`)."""
     import ray
     import ray.data  # noqa: F401 - ray.data is used through the yielded module
 
     if ray.is_initialized():
         yield ray
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False}
-    if config.address:
-        kwargs["address"] = config.address
-    else:
+    kwargs: dict[str, Any] = {"include_dashboard": False, "address": config.address or "local"}
+    if not config.address:
         kwargs.update({k: v for k, v in (("num_cpus", config.num_cpus), ("num_gpus", config.num_gpus),
                                           ("object_store_memory", config.object_store_memory)) if v is not None})
-    ray.init(**kwargs)
+    try:
+        with _dropped(RAY_NOTICES):
+            ray.init(**kwargs)
+    except BaseException:  # e.g. the stall watchdog's interrupt: leave no half-started cluster
+        ray.shutdown()
+        raise
     try:
         yield ray
     finally:
@@ -322,15 +374,16 @@ class ShardCollector:
         predictor, refiner = self._versions(i, rows)
         meta = file_metadata(self.job.kind, shard=i, predictor=predictor, refiner=refiner,
                              config=self.config.public_dict(), package_version=__version__)
-        fs, attempts = self.layout.fs, self.config.io_attempts
+        fs = self.layout.fs
+        retries = {"attempts": self.config.io_attempts, "max_wait_s": self.config.io_retry_timeout_s}
         errors_path = self.layout.errors_path(i)
         if bad:
             errors = [{"id": r["id"], "source": r["source"], "stage": r["error_stage"], "reason": r["error_reason"]} for r in bad]
-            write_table(fs, errors_path, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), metadata=meta, attempts=attempts)
-        elif fs.exists(errors_path):
-            fs.rm(errors_path)
+            write_table(fs, errors_path, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), metadata=meta, **retries)
+        else:
+            remove_file(fs, errors_path, **retries)
         table = pa.Table.from_pylist([{k: r[k] for k in self.schema.names} for r in ok], schema=self.schema)
-        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta, attempts=attempts)
+        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta, **retries)
         self.manifest["completed"][str(i)] = {
             "file": f"shards/{shard_name(i)}", "rows": len(ok), "errors": len(bad),
             "errors_file": f"errors/{shard_name(i)}" if bad else None,
@@ -384,7 +437,7 @@ def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int
                             batch_format="pyarrow", batch_size=MAX_BLOCK_ROWS, num_cpus=resources.read_cpus)
     else:
         ds = ray.data.from_arrow(_block_tables(inputs, plan, pending, config.batch_size, resources.actors))
-        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts}
+        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts, "max_wait_s": config.io_retry_timeout_s}
         if inputs.kind == "dataset":
             read_kwargs.update(dataset_root=inputs.root, dataset_layout=inputs.layout)
         ds = ds.map_batches(read_inputs, fn_kwargs=read_kwargs, batch_format="pyarrow", batch_size=None,
@@ -434,11 +487,17 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
     subclasses when it cannot finish; completed shards stay valid for a rerun."""
     preflight(config)
     t_start = time.perf_counter()
-    inputs = list_inputs(config.input, kind=config.input_kind, layout=config.layout,
-                         storage_options=config.storage_options, attempts=config.io_attempts)
-    plan = ShardPlan(inputs.ids, config.rows_per_shard)
-    layout = OutputLayout(config.output, config.storage_options, attempts=config.io_attempts)
-    manifest = open_manifest(layout, job, config, inputs, plan)
+    try:
+        inputs = list_inputs(config.input, kind=config.input_kind, layout=config.layout,
+                             storage_options=config.storage_options, attempts=config.io_attempts,
+                             max_wait_s=config.io_retry_timeout_s)
+        plan = ShardPlan(inputs.ids, config.rows_per_shard)
+        layout = OutputLayout(config.output, config.storage_options, attempts=config.io_attempts,
+                              max_wait_s=config.io_retry_timeout_s)
+        manifest = open_manifest(layout, job, config, inputs, plan)
+    except StorageError as exc:
+        raise PipelineError(f"could not start: {error_summary(exc)}; nothing was done by this run; rerun the "
+                            "same command when the storage is reachable (io_retry_timeout_s bounds the wait)") from exc
     pending = [i for i in range(plan.count) if str(i) not in manifest["completed"]]
     pending_rows = sum(len(plan.shard_ids(i)) for i in pending)
     report = PipelineReport(output=layout.uri, total=len(plan.ids), pending_at_start=pending_rows,
@@ -453,8 +512,11 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
     manifest["runs"].append(run)
     log_progress = ProgressLog(job.name, pending_rows, config.progress_interval_s, progress)
     dog = Watchdog(config.stall_timeout_s)
+    ray_started = False
     try:
-        with ray_session(config.ray) as ray:
+        with dog, ray_session(config.ray) as ray:  # start-up counts as a stall too
+            ray_started = True
+            dog.beat()
             resources = resolve_resources(config, ray.cluster_resources())
             report.resources = run["resources"] = resources.describe()
             if progress:
@@ -469,13 +531,12 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
                 collector = ShardCollector(plan, pending, layout, job, config, manifest, report, log_progress)
                 batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
                 try:
-                    with dog:
-                        for batch in batches:
-                            if report.first_result_seconds is None:
-                                report.first_result_seconds = time.perf_counter() - t_start
-                            dog.beat()
-                            with dog.paused():
-                                collector.add(batch)
+                    for batch in batches:
+                        if report.first_result_seconds is None:
+                            report.first_result_seconds = time.perf_counter() - t_start
+                        dog.beat()
+                        with dog.paused():
+                            collector.add(batch)
                 finally:
                     getattr(batches, "close", lambda: None)()
             finally:
@@ -490,15 +551,21 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
             run["status"] = "interrupted"
             raise
         run["status"] = "stalled"
+        if not ray_started:
+            where = f"the cluster at {config.ray.address}" if config.ray.address else "a local cluster"
+            raise PipelineStalled(f"Ray could not start or reach {where} within {config.stall_timeout_s:g} s "
+                                  "(stall_timeout_s); stopped before any work") from None
         raise PipelineStalled(f"no result for {config.stall_timeout_s:g} s (stall_timeout_s); stopped. "
                               f"{len(report.shards_written)} shards were completed and a rerun resumes") from None
     except (PipelineError, ConfigError) as exc:
         run["status"] = f"failed: {exc}"
         raise
     except Exception as exc:
-        run["status"] = f"failed: {type(exc).__name__}: {exc}"
-        raise PipelineError(f"sddr pipeline {job.name} failed: {type(exc).__name__}: {exc}; "
-                            f"{len(report.shards_written)} shards were completed and a rerun resumes") from exc
+        summary = error_summary(exc)
+        run["status"] = f"failed: {summary}"
+        raise PipelineError(f"failed: {summary}; {len(manifest['completed'])} of {plan.count} shards of {layout.uri} are "
+                            f"complete ({len(report.shards_written)} written by this run); rerun the same command to "
+                            "resume from there") from exc
     finally:
         report.seconds = time.perf_counter() - t_start
         run.update(finished=now(), seconds=round(report.seconds, 3),
@@ -507,7 +574,10 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
                    rows_failed=report.rows_failed, shards_written=len(report.shards_written),
                    images_per_s=round(report.images_per_s, 4))
         _update_counts(manifest, len(plan.ids))
-        layout.write_manifest(manifest)
+        try:
+            layout.write_manifest(manifest)
+        except StorageError as exc:  # the shards are recorded already; keep the error that ended the run
+            log.warning("could not record this run in %s: %s", layout.display(layout.manifest_path), error_summary(exc))
         log_progress.update(report.rows_written, report.rows_failed, f"{len(manifest['completed'])}/{plan.count}", force=True)
     check_failures(manifest, config, layout)
     return report

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from sddr_pipeline.data import ImageReadError, read_image
-from sddr_pipeline.shards.io import filesystem, read_bytes
+from sddr_pipeline.shards.io import DEFAULT_MAX_WAIT_S, filesystem, read_bytes
 from sddr_pipeline.shards.layout import shard_of
 from sddr_pipeline.shards.schema import (
     KIND_DEPTH,
@@ -58,11 +58,13 @@ def _open_dataset(root: str, layout: str):
     return dataset, {name: i for i, name in enumerate(dataset.names)}
 
 
-def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = None, attempts: int = 5,
-                dataset_root: str | None = None, dataset_layout: str | None = None) -> pa.Table:
+def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,
+                max_wait_s: float = DEFAULT_MAX_WAIT_S, dataset_root: str | None = None,
+                dataset_layout: str | None = None) -> pa.Table:
     """Fetch each row's image bytes (``id``, ``source`` in; ``INPUT_SCHEMA`` out).
 
-    Storage errors are retried (``attempts``); what still fails sets ``read_error``. For
+    Transient storage errors are retried (``attempts``, ``max_wait_s``); what still fails
+    sets ``read_error``. For
     dataset inputs the sample's ground truth comes along (``gt`` as ``.npy`` bytes)."""
     rows = []
     for id_, source in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist()):
@@ -77,7 +79,7 @@ def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = 
                     row["gt"], row["gt_kind"] = encode_array(sample.gt), sample.gt_kind
             else:
                 fs, path = filesystem(source, storage_options)
-            row["image"] = read_bytes(fs, path, attempts=attempts)
+            row["image"] = read_bytes(fs, path, attempts=attempts, max_wait_s=max_wait_s)
         except Exception as exc:  # any failure to fetch one input is that input's error row
             row["read_error"] = _reason(exc)
         rows.append(row)

@@ -131,7 +131,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, num_gpus=1, object_store_memory=200 * 2**20, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=200 * 2**20, include_dashboard=False)
     yield ray
     if started:
         ray.shutdown()

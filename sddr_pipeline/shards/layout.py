@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from .io import filesystem, join, parquet_files, publish_bytes, read_bytes, read_parquet, remove_temporaries, unstrip
+from .io import (DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, publish_bytes, read_bytes, read_parquet,
+                 remove_temporaries, unstrip)
 from .schema import ERROR_SCHEMA, FORMAT, schema_for
 
 MANIFEST = "manifest.json"
@@ -94,10 +95,12 @@ def shard_of(first_ids: Sequence[str], id_: str) -> int:
 class OutputLayout:
     """Paths and manifest of one output root (any fsspec URI)."""
 
-    def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None, *, attempts: int = 5) -> None:
+    def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None, *, attempts: int | None = None,
+                 max_wait_s: float = DEFAULT_MAX_WAIT_S) -> None:
         self.uri = str(uri)
         self.fs, self.root = filesystem(self.uri, storage_options)
         self.attempts = attempts
+        self.max_wait_s = max_wait_s
 
     @property
     def shards_dir(self) -> str:
@@ -130,7 +133,7 @@ class OutputLayout:
     def read_manifest(self) -> dict[str, Any] | None:
         if not self.fs.exists(self.manifest_path):
             return None
-        data = read_bytes(self.fs, self.manifest_path, attempts=self.attempts)
+        data = read_bytes(self.fs, self.manifest_path, attempts=self.attempts, max_wait_s=self.max_wait_s)
         try:
             manifest = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -141,7 +144,7 @@ class OutputLayout:
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         body = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
-        publish_bytes(self.fs, self.manifest_path, body, attempts=self.attempts)
+        publish_bytes(self.fs, self.manifest_path, body, attempts=self.attempts, max_wait_s=self.max_wait_s)
 
     def clean_temporaries(self) -> int:
         """Remove leftovers of interrupted writes (``.tmp-*``) from every output folder."""
