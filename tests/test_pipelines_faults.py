@@ -163,7 +163,7 @@ def moto_s3():
                                  "connector_args": {"force_close": True, "keepalive_timeout": None}}}
     state = SimpleNamespace(server=server, options=options, events=[], restarter=None)
     state.fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    state.fs.mkdir("bucket")
+    state.fs.mkdir("faults-bucket")
 
     def outage(seconds: float) -> None:
         state.server.stop()
@@ -193,13 +193,13 @@ def test_object_store_outage_mid_run_is_waited_out_exactly_once(moto_s3, tmp_pat
 
     names = [f"s{i}" for i in range(6)]
     write_images(tmp_path / "in", names)
-    moto_s3.fs.put(str(tmp_path / "in"), "bucket/job/images", recursive=True)
+    moto_s3.fs.put(str(tmp_path / "in"), "faults-bucket/job/images", recursive=True)
 
     def stop_after_first_shard() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             moto_s3.fs.invalidate_cache()
-            if moto_s3.fs.exists("bucket/job/out/shards/part-00000.parquet"):
+            if moto_s3.fs.exists("faults-bucket/job/out/shards/part-00000.parquet"):
                 moto_s3.outage(4.0)
                 return
             time.sleep(0.2)
@@ -207,7 +207,7 @@ def test_object_store_outage_mid_run_is_waited_out_exactly_once(moto_s3, tmp_pat
     trigger = threading.Thread(target=stop_after_first_shard, daemon=True)
     trigger.start()
     with caplog.at_level(logging.WARNING, logger="sddr_pipeline.shards.io"):
-        report = run_refine_pipeline("s3://bucket/job/images", "s3://bucket/job/out",
+        report = run_refine_pipeline("s3://faults-bucket/job/images", "s3://faults-bucket/job/out",
                                      write_predictor(tmp_path / "mods", delay=0.5), weights, gpus_per_actor=0, actors=1,
                                      cpus_per_actor=0.5, batch_size=1, rows_per_shard=2, storage_options=moto_s3.options,
                                      stall_timeout_s=90.0, progress=None, **RES)
@@ -216,21 +216,21 @@ def test_object_store_outage_mid_run_is_waited_out_exactly_once(moto_s3, tmp_pat
     assert [e for e, _ in moto_s3.events] == ["down", "up"] and moto_s3.events[0][1] < finished
     assert any("retry" in r.getMessage() and "EndpointConnectionError" in r.getMessage() for r in caplog.records)
     assert (report.rows_written, report.rows_failed, report.shards_skipped) == (6, 0, 0)
-    ids = read_shards("s3://bucket/job/out", moto_s3.options).column("id").to_pylist()
+    ids = read_shards("s3://faults-bucket/job/out", moto_s3.options).column("id").to_pylist()
     assert sorted(ids) == [f"s{i}" for i in range(6)] and len(ids) == len(set(ids))
-    assert read_errors("s3://bucket/job/out", moto_s3.options).num_rows == 0
+    assert read_errors("s3://faults-bucket/job/out", moto_s3.options).num_rows == 0
 
 
 def test_a_storage_failure_is_reported_in_one_line(tmp_path, capsys):
     from sddr_pipeline.cli.main import main
 
-    rc = main(["pipeline", "refine", "--input", "s3://bucket/in", "--output", str(tmp_path / "out"),
+    rc = main(["pipeline", "refine", "--input", "s3://faults-bucket/in", "--output", str(tmp_path / "out"),
                "--predictor", "simulated", "--io-retry-timeout", "1", "--storage-option",
                f'client_kwargs={{"endpoint_url": "http://{DEAD_ADDRESS}"}}', "--storage-option", "key=k",
                "--storage-option", "secret=s", "--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}'])
     err = capsys.readouterr().err
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith("sddr pipeline refine: could not start: StorageError: listing "
-                                                   "s3://bucket/in failed after ")
+                                                   "s3://faults-bucket/in failed after ")
     assert "EndpointConnectionError" in err and "rerun the same command" in err
     assert not (tmp_path / "out").exists()
