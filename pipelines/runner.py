@@ -33,6 +33,7 @@ from sddr_pipeline.shards.io import StorageError, filesystem, remove_file, write
 from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
 from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
 
+from . import reaper
 from .config import ConfigError, PipelineConfig, RayConfig
 from .inputs import InputSet, list_inputs
 from .resources import Resources, resolve_resources
@@ -143,7 +144,8 @@ def ray_session(config: RayConfig) -> Iterator[Any]:
 
     Without an address Ray is started with ``address="local"``: a bare ``ray.init()`` would
     join whatever cluster ``ray/ray_current_cluster`` in Ray's temp folder names, and a stale
-    file there makes it retry a dead address for many minutes. Ray's notice that token
+    file there makes it retry a dead address for many minutes. A private cluster comes with a
+    :mod:`.reaper` that kills its processes if the driver dies without shutting it down. Ray's notice that token
     authentication is on (its default for a local cluster) reads like a failure on every
     run; that one record is dropped (:data:`RAY_NOTICES`)."""
     import ray
@@ -156,6 +158,8 @@ def ray_session(config: RayConfig) -> Iterator[Any]:
     if not config.address:
         kwargs.update({k: v for k, v in (("num_cpus", config.num_cpus), ("num_gpus", config.num_gpus),
                                           ("object_store_memory", config.object_store_memory)) if v is not None})
+    if not config.address:  # a private cluster's agents must not outlive a killed driver
+        reaper.start()
     try:
         with _dropped(RAY_NOTICES):
             ray.init(**kwargs)
