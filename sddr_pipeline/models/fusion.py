@@ -15,7 +15,7 @@ difference ``D = H - LOW`` (``H`` = HIGH least-squares aligned to LOW, per sampl
 So where LOW and HIGH agree every candidate equals LOW and so does the output, whatever
 the weights; the output can never leave the per-pixel envelope of the candidates (no
 invented halos); and its LOW weight says where detail was NOT taken from HIGH (Omega is
-one minus it). The candidate set was chosen with an oracle that picks, per 16 px block,
+one minus it). The candidate set was chosen with an oracle that picks, per 16 px block (scripts/candidate_oracle.py),
 the candidate closest to the ground truth (docs/QUALITY.md): without the median, even
 that oracle reached only 0.70x LOW's D3R on middlebury2014q at default noise.
 """
