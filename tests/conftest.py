@@ -6,6 +6,7 @@ with a clear reason, except under CI (``CI=true``) where a missing folder is a f
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,22 @@ def _require(path: Path) -> Path:
             pytest.fail(reason + "; under CI this data must be present")
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture
+def hang_guard(request):
+    """Fail a test that runs past its module's ``HANG_GUARD_S`` seconds (default 300)
+    instead of hanging the suite; modules opt in with an autouse fixture or usefixtures."""
+    seconds = int(getattr(request.module, "HANG_GUARD_S", 300))
+
+    def expire(signum, frame):
+        raise TimeoutError(f"test ran past {seconds} s (hang guard)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,21 +25,10 @@ import pytest
 from test_pipelines_ray import RES, assert_exactly_once, ray_cluster, weights, write_images, write_predictor  # noqa: F401
 
 DEAD_ADDRESS = "127.0.0.1:9"  # nothing listens on the discard port
-GUARD_S = 300
+HANG_GUARD_S = 300
 
 
-@pytest.fixture(autouse=True)
-def hang_guard():
-    """Fail a test that runs past GUARD_S instead of hanging the suite."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"test ran past {GUARD_S} s (hang guard)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(GUARD_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("hang_guard")
 
 
 def cli(*args: str) -> list[str]:

@@ -34,7 +34,7 @@ from sddr_pipeline.shards import (LayoutError, decode_array, decode_confidence, 
 
 SIZE = (48, 64)
 RES = {"low_res": 32, "high_res": 64}
-TEST_TIMEOUT_S = 150
+HANG_GUARD_S = 150
 PREDICTOR = '''
 import os, time
 import numpy as np
@@ -104,18 +104,7 @@ def assert_exactly_once(out: Path, expected: set[str]) -> tuple[list[str], list[
 # ---------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def hang_guard():
-    """Fail a test that runs past TEST_TIMEOUT_S instead of hanging the suite."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"test ran past {TEST_TIMEOUT_S} s (hang guard)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("hang_guard")
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ mask of valid pixels, and return Python floats ``(scale, shift)`` such that
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..models.fusion import gaussian_blur
