@@ -20,13 +20,15 @@ from sddr_pipeline.shards.io import publish_bytes, read_bytes
 from test_pipelines_ray import (  # noqa: F401 - fixtures shared with the Ray tests
     RES,
     SIZE,
-    hang_guard,
     ray_cluster,
     weights,
     write_images,
     write_predictor,
 )
 from test_shards import depth_row, sample_depth
+
+HANG_GUARD_S = 150
+pytestmark = pytest.mark.usefixtures("hang_guard")
 
 
 @pytest.fixture(scope="module")
