@@ -15,9 +15,10 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from sddr_pipeline.inference.options import MODES, check_range_clamp
+
 from .inputs import INPUT_KINDS
 
-MODES: tuple[str, ...] = ("one-stage", "two-stage")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 C = TypeVar("C", bound="PipelineConfig")
@@ -162,14 +163,14 @@ class RefinePipelineConfig(PipelineConfig):
     """:class:`PipelineConfig` plus refinement: ``mode`` (one-stage|two-stage), ``steps``
     (two-stage), ``save_predictions`` (keep raw low/high in the shards), ``confidence``
     (fill the shards' per-pixel ``confidence`` column), ``range_clamp`` (the local-range
-    clamp, a fraction of the long side; 0 = raw network output; the default is
-    ``sddr_pipeline.inference.RANGE_CLAMP``, kept as a literal so configs load without torch)."""
+    clamp, a fraction of the long side; 0 = raw network output; None = the refiner's own,
+    :class:`sddr_pipeline.inference.RefineOptions`)."""
 
     mode: str = "one-stage"
     steps: int = 2
     save_predictions: bool = False
     confidence: bool = False
-    range_clamp: float = 1.0 / 128
+    range_clamp: float | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -177,9 +178,13 @@ class RefinePipelineConfig(PipelineConfig):
         _check(_is_int(self.steps) and self.steps > 0, "steps", f"must be a positive integer, got {self.steps!r}")
         _check(isinstance(self.save_predictions, bool), "save_predictions", "must be true or false")
         _check(isinstance(self.confidence, bool), "confidence", "must be true or false")
-        _check(not isinstance(self.range_clamp, bool) and isinstance(self.range_clamp, (int, float))
-               and 0.0 <= self.range_clamp <= 0.25, "range_clamp",
-               f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {self.range_clamp!r}")
+        if self.range_clamp is not None:
+            try:
+                ok = isinstance(self.range_clamp, (int, float)) and check_range_clamp(self.range_clamp) >= 0
+            except ValueError:
+                ok = False
+            _check(ok, "range_clamp",
+                   f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {self.range_clamp!r}")
 
 
 @dataclass

@@ -161,7 +161,7 @@ class _ModelStage:
         self.predictor_version = str(getattr(self.predictor, "name", predictor))
         self.refiner_version = str(self.refiner.version)
         self.include_image = include_image
-        self.low_res, self.high_res = low_res, high_res
+        self.resolutions = {"low_res": low_res, "high_res": high_res}
         self.schema = result_schema(self.kind)
 
     def compute(self, image: np.ndarray, context) -> dict[str, Any]:
@@ -226,27 +226,18 @@ class RefineStage(_ModelStage):
                  save_predictions: bool = False, confidence: bool = False, range_clamp: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(predictor, weights, **kwargs)
-        from sddr_pipeline.inference import RANGE_CLAMP, TwoStageConfig
+        from sddr_pipeline.inference.options import RefineOptions, TwoStageConfig
 
-        self.mode = mode
-        self.range_clamp = RANGE_CLAMP if range_clamp is None else range_clamp
-        self.two_stage = TwoStageConfig(steps=steps, range_clamp=self.range_clamp) if mode == "two-stage" else None
+        self.options = RefineOptions(mode=mode, two_stage=TwoStageConfig(steps=steps), range_clamp=range_clamp,
+                                     confidence=confidence, edges=False, **self.resolutions)
         self.save_predictions = save_predictions
-        self.confidence = confidence
 
     def compute(self, image: np.ndarray, context) -> dict[str, Any]:
         from sddr_pipeline.inference import refine
 
-        result = refine(image, self.predictor, self.refiner, mode=self.mode, low_res=self.low_res,  # type: ignore[arg-type]
-                        high_res=self.high_res, context=context, two_stage=self.two_stage, edges=False,
-                        range_clamp=self.range_clamp)
+        result = refine(image, self.predictor, self.refiner, self.options, context=context)
         scale, shift = result.alignment
-        conf = None
-        if self.confidence:
-            from sddr_pipeline.confidence import confidence
-
-            conf = confidence(result)
-        fields = _depth_fields(result.depth, conf)
+        fields = _depth_fields(result.depth, result.confidence)
         fields.update(scale=float(scale), shift=float(shift), scale_source=result.scale_source,
                       space=result.space, metric=bool(result.metric))
         if self.save_predictions:
@@ -271,8 +262,8 @@ class PseudoLabelStage(_ModelStage):
     def compute(self, image: np.ndarray, context) -> dict[str, Any]:
         from sddr_pipeline.distillation import make_pseudo_label
 
-        label = make_pseudo_label(image, self.predictor, self.refiner, low_res=self.low_res, high_res=self.high_res,
-                                  context=context, steps=self.steps, seed=self.seed, top=self.top, regions=self.regions)
+        label = make_pseudo_label(image, self.predictor, self.refiner, context=context, steps=self.steps, seed=self.seed,
+                                  top=self.top, regions=self.regions, **self.resolutions)
         regions, count = encode_regions(label.regions)
         fields = _depth_fields(label.refined)
         fields.update(scale=1.0, shift=0.0, scale_source="normalized", space="disparity", metric=False,

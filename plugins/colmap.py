@@ -233,14 +233,11 @@ def fit_alignment(src: np.ndarray, z: np.ndarray, space: Space) -> Alignment:
     """
     import torch
 
-    from sddr_pipeline.inference.alignment import align_robust
+    from sddr_pipeline.inference.alignment import fit_sparse_depth
 
-    if space not in ("inverse", "depth"):
-        raise ValueError(f"space must be 'inverse' or 'depth', got {space!r}")
     s = np.asarray(src, dtype=np.float64)
     z = np.asarray(z, dtype=np.float64)
-    target = 1.0 / z if space == "inverse" else z
-    a, b = align_robust(torch.from_numpy(s), torch.from_numpy(target))
+    a, b = fit_sparse_depth(torch.from_numpy(s), z, space)
     pred = apply_alignment(s, a, b, space)
     rel = np.where(pred > 0, np.abs(pred - z) / z, np.inf)
     finite = np.where(np.isfinite(rel), rel, 10.0)
@@ -655,11 +652,12 @@ def _alignment_source(result: Any, space: Space) -> np.ndarray:
         return np.asarray(result.normalized, dtype=np.float64)
     if space != "depth":
         raise ValueError(f"space must be 'inverse' or 'depth', got {space!r}")
+    from sddr_pipeline.inference.normalize import invert_with_floor
+
     d = np.asarray(result.depth, dtype=np.float64)
     if result.space == "depth":
         return d
-    floor = max(float(np.nanmax(d)) * 1e-3, 1e-9)
-    return 1.0 / np.maximum(d, floor)
+    return invert_with_floor(d, tiny=1e-9)
 
 
 # ------------------------------------------------------------------------ CLI

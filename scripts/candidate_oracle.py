@@ -32,7 +32,7 @@ from sddr_pipeline.data import open_dataset
 from sddr_pipeline.evaluation.metrics import evaluate_prediction
 from sddr_pipeline.inference.alignment import align_least_squares
 from sddr_pipeline.inference.normalize import minmax_normalize, prepare_prediction_batch, resize
-from sddr_pipeline.inference.one_stage import restore_units
+from sddr_pipeline.inference.core import restore_units
 from sddr_pipeline.models.fusion import align_to, fusion_candidates, gaussian_blur
 from sddr_pipeline.predictors import get_predictor
 from sddr_pipeline.predictors.simulated import gt_disparity

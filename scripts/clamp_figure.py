@@ -25,7 +25,8 @@ from PIL import Image
 from sddr_pipeline.data import open_dataset
 from sddr_pipeline.inference.alignment import align_least_squares
 from sddr_pipeline.inference.normalize import minmax_normalize, resize
-from sddr_pipeline.inference.one_stage import default_resolutions, predict_pair, refine_predictions
+from sddr_pipeline.inference.core import predict_pair, refine_predictions
+from sddr_pipeline.inference.options import RefineOptions
 from sddr_pipeline.inference.range_clamp import RANGE_CLAMP
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.predictors import get_predictor
@@ -51,7 +52,8 @@ def main() -> int:
         raise SystemExit(f"no scene {args.scene!r} in {args.data}/middlebury2005_2006")
     predictor = get_predictor(args.predictor)
     refiner = Refiner.from_pretrained("default")
-    low_res, high_res = default_resolutions(predictor, None, None)
+    options = RefineOptions().resolved(predictor, refiner)
+    low_res, high_res = options.low_res, options.high_res
     low, high, _ = predict_pair(sample.image(), predictor, low_res, high_res, sample.context())
     with torch.no_grad():
         raw = refine_predictions(low, high, predictor.kind, refiner, range_clamp=0)

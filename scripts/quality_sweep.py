@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from sddr_pipeline.evaluation import evaluate_dataset
-from sddr_pipeline.inference import RANGE_CLAMP
+from sddr_pipeline.inference import RANGE_CLAMP, RefineOptions
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.training.samples import validation_scenes
 from sddr_pipeline.training.trainer import refiner_from_checkpoint
@@ -181,8 +181,9 @@ def main() -> int:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--no-two-stage", action="store_true")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--range-clamp", type=float, default=RANGE_CLAMP,
-                   help=f"local-range clamp, fraction of the long side; 0 = off (default {RANGE_CLAMP:g})")
+    p.add_argument("--range-clamp", type=float, default=None,
+                   help=f"local-range clamp, fraction of the long side; 0 = off (default: the refiner's own, "
+                        f"{RANGE_CLAMP:g} unless its config says otherwise)")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
     p.add_argument("--compare", type=Path, nargs="+", default=None,
                    help="print the one-stage ratios of several --json files side by side, running nothing")
@@ -199,6 +200,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     refiner = (refiner_from_checkpoint(args.weights) if args.weights.endswith(".json")
                else Refiner.from_pretrained(args.weights))
+    args.range_clamp = RefineOptions(range_clamp=args.range_clamp).resolved(None, refiner).range_clamp
     t_start = time.perf_counter()
     cells = []
     for ds in args.datasets:

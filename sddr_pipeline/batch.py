@@ -21,7 +21,7 @@ import datetime as _dt
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +29,8 @@ import numpy as np
 
 from . import __version__
 from .data import ImageReadError, Sample, open_dataset
-from .inference import RANGE_CLAMP, TwoStageConfig, refine
-from .inference.one_stage import default_resolutions
-from .inference.range_clamp import check_range_clamp
+from .inference.options import RefineOptions
+from .inference.orchestrate import refine
 from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
 from .io.lock import holding_output_lock, is_lock_file
@@ -77,9 +76,8 @@ def _safe_name(sample) -> str:
         raise RefineJobError(str(exc)) from None
 
 
-def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str, low: int, high: int,
-                  two: TwoStageConfig | None, scale_points: int | None = None,
-                  range_clamp: float = RANGE_CLAMP) -> dict:
+def _job_identity(predictor_spec: str, predictor: Predictor, refiner, options: RefineOptions,
+                  scale_points: int | None = None) -> dict:
     identity = {
         "predictor": {
             "spec": predictor_spec,
@@ -88,12 +86,8 @@ def _job_identity(predictor_spec: str, predictor: Predictor, refiner, mode: str,
             "metric": predictor.kind.metric,
         },
         "refiner": {"version": getattr(refiner, "version", "unknown")},
-        "mode": mode,
-        "resolutions": {"low": low, "high": high},
-        "two_stage": asdict(two) if (mode == "two-stage" and two is not None) else None,
+        **options.identity(),
     }
-    if mode != "two-stage":
-        identity["range_clamp"] = range_clamp
     if scale_points:
         identity["scale_points"] = scale_points
     return identity
@@ -152,33 +146,30 @@ def refine_folder(
     output_path: str | Path,
     predictor: Predictor,
     refiner,
+    options: RefineOptions | None = None,
     *,
     predictor_spec: str = "",
-    mode: str = "one-stage",
-    low_res: int | None = None,
-    high_res: int | None = None,
-    two_stage: TwoStageConfig | None = None,
     layout: str = "auto",
     on_error: OnError = "fail",
     skip_existing: bool = False,
     save_predictions: bool = False,
-    confidence: bool = False,
     scale_points: int | None = None,
-    range_clamp: float | None = None,
     progress: bool = True,
+    **changes: Any,
 ) -> JobReport:
     """Refine every image of ``input_path`` into ``output_path`` (layout in the module doc).
 
     With ``on_error="fail"`` the first bad image stops the job with a
     :class:`RefineJobError` naming the file and the reason; with ``"skip"`` it is recorded
-    in the manifest and the rest are processed (check ``report.failed``).
-    ``confidence`` also writes ``confidence/<name>.npy``
+    in the manifest and the rest are processed (check ``report.failed``). ``options``
+    (with keyword ``changes`` applied, as :func:`sddr_pipeline.inference.refine` takes
+    them) say how each image is refined; ``options.edges`` is ignored (no edge maps are
+    written). ``options.confidence`` also writes ``confidence/<name>.npy``
     (:func:`sddr_pipeline.confidence.confidence`); resuming with it re-refines done images
     that have no confidence file yet. ``scale_points=N`` makes every map METRIC from N
     random valid pixels of the sample's own metric depth (an RGB-D or LiDAR frame with
     holes; a stand-in for SfM points), as :class:`~sddr_pipeline.inference.ScaleReference`;
-    an image without metric depth is an error naming it. ``range_clamp`` overrides the
-    local-range clamp (see :func:`sddr_pipeline.inference.refine`; 0 = raw network output).
+    an image without metric depth is an error naming it.
     """
     if scale_points is not None and scale_points < 3:
         raise ValueError(f"scale_points must be at least 3, got {scale_points}")
@@ -196,16 +187,11 @@ def refine_folder(
     if scale_points:
         _check_scale_points_input(src, dataset)
     try:
-        low_res, high_res = default_resolutions(predictor, low_res, high_res)
+        opts = RefineOptions.build(options, **{**changes, "edges": False}).resolved(predictor, refiner)
     except ValueError as exc:
         raise RefineJobError(str(exc)) from None
-    if range_clamp is not None:
-        check_range_clamp(range_clamp)
-    two_stage = two_stage or (TwoStageConfig() if mode == "two-stage" else None)
-    if two_stage is not None and range_clamp is not None:
-        two_stage = replace(two_stage, range_clamp=range_clamp)
-    clamp = RANGE_CLAMP if range_clamp is None else range_clamp
-    identity = _job_identity(predictor_spec, predictor, refiner, mode, low_res, high_res, two_stage, scale_points, clamp)
+    confidence = opts.confidence
+    identity = _job_identity(predictor_spec, predictor, refiner, opts, scale_points)
     source = str(src.resolve())
     manifest = _prepare_output(out, identity, skip_existing, source)
     manifest["input"] = source
@@ -234,21 +220,9 @@ def refine_folder(
                 image = sample.image()
                 reference = _scale_reference(sample, scale_points) if scale_points else None
                 stage = "refine"
-                result = refine(
-                    image,
-                    predictor,
-                    refiner,
-                    mode=mode,  # type: ignore[arg-type]
-                    low_res=low_res,
-                    high_res=high_res,
-                    context=sample.context(),
-                    two_stage=two_stage,
-                    scale_reference=reference,
-                    edges=False,
-                    range_clamp=range_clamp,
-                )
+                result = refine(image, predictor, refiner, opts, context=sample.context(), scale_reference=reference)
                 stage = "write"
-                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, confidence, t0)
+                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, t0)
                 images[name]["fingerprint"] = fingerprint
                 report.done.append(name)
             except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
@@ -333,8 +307,7 @@ def _is_done(out: Path, entry: dict | None, confidence: bool, fingerprint: dict[
     return all(key in outputs and (out / outputs[key]).is_file() for key in needed)
 
 
-def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save_predictions: bool, confidence: bool,
-                   t0: float) -> dict:
+def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save_predictions: bool, t0: float) -> dict:
     rel = {
         "depth_npy": f"depth/{name}.npy",
         "depth_png": f"depth/{name}.png",
@@ -349,13 +322,11 @@ def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save
         save_npy(out / rel["low"], result.low)
         save_npy(out / rel["high"], result.high)
     timings = dict(result.timings)
-    if confidence:
-        from .confidence import confidence as confidence_map, save_confidence
+    if result.confidence is not None:
+        from .confidence import save_confidence
 
-        t_conf = time.perf_counter()
         rel["confidence"] = f"confidence/{name}.npy"
-        save_confidence(out / rel["confidence"], confidence_map(result))
-        timings["confidence"] = time.perf_counter() - t_conf
+        save_confidence(out / rel["confidence"], result.confidence)
     seconds = time.perf_counter() - t0
     return {
         "status": "done",

@@ -41,19 +41,14 @@ from scipy.ndimage import maximum_filter, minimum_filter
 
 from .inference.alignment import align_robust
 from .inference.normalize import as_map_tensor, resize, sanitize, to_disparity_like
+from .inference.options import RefineOptions
 from .inference.result import RefineResult
-from .predictors.base import OutputKind
 
 DEFAULT_E0 = 0.05
 HIGH_WEIGHT = 0.25
 """Weight of ``d_high``; chosen, with the edge window, on synthetic TRAINING scenes
 (``make_scene`` seeds 100-103), never on the validation sets."""
 _FIT_SAMPLES = 20_000
-
-
-def _to_disparity_like(pred: np.ndarray, space: str) -> np.ndarray:
-    """A raw prediction made disparity-like exactly as inference does (float64)."""
-    return to_disparity_like(sanitize(pred), OutputKind(space, False)).astype(np.float64)
 
 
 def _full(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,20 +71,15 @@ def aligned_residual(src: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, floa
     return res, float(np.median(res.reshape(-1)[idx]) * 1.4826)
 
 
-def prediction_space(result: RefineResult) -> str:
-    """Whether ``result.low``/``result.high`` are depth or disparity: the result's own
-    space unless a scale reference converted it; then whichever of ``low`` and ``1/low``
-    an affine map fits ``result.normalized`` better with."""
-    if result.scale_source != "reference":
-        return result.space
-    size = result.normalized.shape
-    n = result.normalized.astype(np.float64)
-    errs = {}
-    for space in ("disparity", "depth"):
-        L = _full(_to_disparity_like(result.low, space), size)
-        res, _ = aligned_residual(L, n)
-        errs[space] = float(np.mean(res))
-    return min(errs, key=errs.get)  # type: ignore[arg-type]
+def disparity_inputs(result: RefineResult) -> tuple[np.ndarray, np.ndarray]:
+    """LOW and HIGH made disparity-like exactly as the refiner saw them (float64, at their
+    working sizes): the result's own ``low_disp``/``high_disp``, or derived from
+    ``low``/``high`` with the predictor's ``kind`` it records."""
+    if result.low_disp is not None and result.high_disp is not None:
+        return result.low_disp.astype(np.float64), result.high_disp.astype(np.float64)
+    if result.kind is None:
+        raise ValueError("confidence needs the predictor's output kind: pass a RefineResult made by refine()")
+    return tuple(to_disparity_like(sanitize(p), result.kind).astype(np.float64) for p in (result.low, result.high))
 
 
 def edge_radius(result: RefineResult) -> int:
@@ -99,27 +89,26 @@ def edge_radius(result: RefineResult) -> int:
     return max(1, int(round(1.5 * max(h / lh, w / lw))))
 
 
-def uncertainty_terms(result: RefineResult, space: str | None = None) -> dict[str, np.ndarray]:
+def uncertainty_terms(result: RefineResult) -> dict[str, np.ndarray]:
     """The disparity-space terms ``d_low``, ``d_high``, ``edge`` (HxW float64, in the units
     of ``result.normalized``); see the module docstring."""
-    space = space or prediction_space(result)
     n = result.normalized.astype(np.float64)
     size = n.shape
-    d_low, _ = aligned_residual(_full(_to_disparity_like(result.low, space), size), n)
-    d_high, _ = aligned_residual(_full(_to_disparity_like(result.high, space), size), n)
+    low, high = disparity_inputs(result)
+    d_low, _ = aligned_residual(_full(low, size), n)
+    d_high, _ = aligned_residual(_full(high, size), n)
     r = edge_radius(result)
     window = 2 * r + 1
     edge = maximum_filter(n, size=window, mode="nearest") - minimum_filter(n, size=window, mode="nearest")
     return {"d_low": d_low, "d_high": d_high, "edge": edge}
 
 
-def confidence(result: RefineResult, e0: float = DEFAULT_E0, space: str | None = None) -> np.ndarray:
+def confidence(result: RefineResult, e0: float = DEFAULT_E0) -> np.ndarray:
     """Per-pixel confidence in [0, 1] (HxW float32) of ``result.depth``: ``exp(-e / e0)``
-    with ``e`` the expected relative error (module docstring). ``space`` is the
-    predictor's output space (``"disparity"``/``"depth"``), inferred when None."""
+    with ``e`` the expected relative error (module docstring)."""
     if not e0 > 0:
         raise ValueError(f"e0 must be positive, got {e0}")
-    terms = uncertainty_terms(result, space)
+    terms = uncertainty_terms(result)
     sigma = np.sqrt(terms["d_low"] ** 2 + (HIGH_WEIGHT * terms["d_high"]) ** 2 + terms["edge"] ** 2)
     a, b = result.alignment
     disp = a * result.normalized.astype(np.float64) + b
@@ -194,22 +183,24 @@ def evaluate_confidence(
     samples: Iterable[Any],
     predictor: Any,
     refiner: Any,
+    options: RefineOptions | None = None,
     *,
     n_reference: int = 200,
-    mode: str = "one-stage",
-    low_res: int | None = None,
-    high_res: int | None = None,
     e0: float = DEFAULT_E0,
     seed: int = 0,
+    **changes: Any,
 ) -> SparsificationReport:
     """Refine each sample (metric via ``n_reference`` sparse ground-truth depths), compute
     :func:`confidence` and the absolute relative depth error on valid ground truth, and
     pool all pixels into one sparsification report (AUSE per image in ``per_image``).
 
     Also ranks by two single cues for comparison: ``omega`` (detail taken from HIGH) and
-    ``edge_distance`` (negated local range of the refined map)."""
+    ``edge_distance`` (negated local range of the refined map). ``options`` and keyword
+    ``changes`` say how to refine, as for :func:`sddr_pipeline.inference.refine`."""
     from .geometry.tsdf import sparse_reference
     from .inference import refine
+
+    options = RefineOptions.build(options, **{**changes, "edges": False})
 
     errors, scores = [], {"confidence": [], "omega": [], "edge_distance": []}
     per_image: dict[str, dict[str, float]] = {}
@@ -218,8 +209,7 @@ def evaluate_confidence(
         if gt is None or sample.gt_kind != "depth":
             raise ValueError(f"sample {sample.name} needs metric depth ground truth")
         ref = sparse_reference(gt, n_reference, seed + i)
-        result = refine(sample.image(), predictor, refiner, mode=mode, low_res=low_res, high_res=high_res,  # type: ignore[arg-type]
-                        context=sample.context(), scale_reference=ref, edges=False)
+        result = refine(sample.image(), predictor, refiner, options, context=sample.context(), scale_reference=ref)
         valid = (gt > 0) & np.isfinite(result.depth) & (result.depth > 0)
         err = np.abs(result.depth[valid] - gt[valid]) / gt[valid]
         conf = confidence(result, e0=e0)
@@ -253,7 +243,7 @@ __all__ = [
     "ause",
     "confidence",
     "evaluate_confidence",
-    "prediction_space",
+    "disparity_inputs",
     "save_confidence",
     "sparsification",
     "sparsification_report",

@@ -10,7 +10,7 @@ from sddr_pipeline.confidence import ause, confidence, evaluate_confidence, spar
 from sddr_pipeline.data import open_dataset
 from sddr_pipeline.inference import RefineResult
 from sddr_pipeline.models import Refiner
-from sddr_pipeline.predictors import get_predictor
+from sddr_pipeline.predictors import OutputKind, get_predictor
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,6 +29,7 @@ def _result(normalized: np.ndarray, low: np.ndarray, high: np.ndarray, alignment
         depth=(1.0 / (a * normalized + b)).astype(np.float32), space="depth", metric=True, scale_source="reference",
         normalized=normalized.astype(np.float32), omega=np.zeros_like(normalized, np.float32), edges=None,
         low=low.astype(np.float32), high=high.astype(np.float32), mode="one-stage", alignment=alignment,
+        kind=OutputKind("disparity", False),
     )
 
 

@@ -7,6 +7,7 @@ from sddr_pipeline.data import open_dataset
 from sddr_pipeline.evaluation.baselines import GUIDED_EPS
 from sddr_pipeline.evaluation.metrics import evaluate_prediction
 from sddr_pipeline.evaluation.runner import method_maps
+from sddr_pipeline.inference import RefineOptions
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.predictors import get_predictor
 
@@ -21,7 +22,8 @@ def test_bundled_weights_beat_freq_merge_on_d3r(shared_data):
     sample = open_dataset(shared_data / "middlebury2014q")[0]
     predictor = get_predictor("simulated")
     refiner = Refiner.from_pretrained("default")
-    maps, _ = method_maps(sample.image(), sample.context(), predictor, refiner, 384, 1024, None, (None, GUIDED_EPS))
+    options = RefineOptions(low_res=384, high_res=1024, edges=False).resolved(predictor, refiner)
+    maps, _ = method_maps(sample.image(), sample.context(), predictor, refiner, options, (None, GUIDED_EPS))
     kind = predictor.kind
     scores = {
         name: evaluate_prediction(maps[name], kind.space, kind.metric, sample.gt, sample.gt_kind)

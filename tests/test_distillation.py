@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from sddr_pipeline.data import make_scene, open_dataset, write_synthetic_dataset
 from sddr_pipeline.distillation import make_pseudo_label, read_label_files, write_pseudo_labels
-from sddr_pipeline.inference import refine_one_stage
+from sddr_pipeline.inference import RefineOptions, refine
 from sddr_pipeline.models import Refiner, RefinerOutput
 from sddr_pipeline.predictors import SampleContext, get_predictor
 from sddr_pipeline.training import ConfigError, ExampleSource, load_config, recipe_path, train
@@ -74,7 +74,7 @@ class TakeHigh:
 def test_gs_differs_from_the_one_stage_g0(scene):
     image, ctx = scene
     label = make_pseudo_label(image, get_predictor(SIM), TakeHigh(), low_res=48, high_res=128, context=ctx)
-    g0 = refine_one_stage(image, get_predictor(SIM), TakeHigh(), low_res=48, high_res=128, context=ctx).edges
+    g0 = refine(image, get_predictor(SIM), TakeHigh(), low_res=48, high_res=128, context=ctx).edges
     assert g0 is not None and g0.shape == label.gs.shape
     assert float(np.abs(label.gs - g0).mean()) > 0.2 * float(g0.mean())
 
@@ -252,7 +252,7 @@ def test_unlabeled_source_makes_examples_without_ground_truth(unlabeled, refiner
     assert ex.low.shape == ex.target.shape == (1, 48, 48) and bool(ex.mask.all())
     assert torch.allclose(ex.target, ex.low, atol=1e-6)  # the LOW prediction is the value target
     assert ex.origin is not None and ex.origin.context.gt is None and ex.origin.high_res == cfg.high_res
-    label = crop_pseudo_label(ex, refiner, TwoStageConfig(steps=2), top=0.05, regions=4, seed=0)
+    label = crop_pseudo_label(ex, refiner, RefineOptions(two_stage=TwoStageConfig(steps=2)), top=0.05, regions=4, seed=0)
     assert label.gs.shape == (1, 48, 48) and int((label.clusters >= 0).sum()) > 0
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sddr_pipeline.inference import ScaleReference, TwoStageConfig, refine
-from sddr_pipeline.inference.one_stage import restore_units
+from sddr_pipeline.inference.core import restore_units
 from sddr_pipeline.models import Refiner
 from sddr_pipeline.predictors import BasePredictor, OutputKind, SampleContext
 

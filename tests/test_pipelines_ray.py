@@ -386,7 +386,7 @@ def test_range_clamp_setting_config_cli_identity_and_stage_default(weights):
     from sddr_pipeline.pipelines.refine import refine_job
 
     base = {"input": "in", "output": "out", "predictor": "simulated", "weights": "w"}
-    assert RefinePipelineConfig(**base).range_clamp == RANGE_CLAMP  # the config's literal matches the library's
+    assert RefinePipelineConfig(**base).range_clamp is None  # None = the refiner's own clamp
     for bad in (0.5, -0.1, "x", True):
         with pytest.raises(ConfigError, match="^range_clamp: must be a number in"):
             build_config(RefinePipelineConfig, {**base, "range_clamp": bad})
@@ -398,8 +398,10 @@ def test_range_clamp_setting_config_cli_identity_and_stage_default(weights):
     assert raw.range_clamp == 0 and refine_job(raw).identity["range_clamp"] == 0  # a resume must keep it
     assert refine_job(raw).stage_kwargs["range_clamp"] == 0
     stage = RefineStage("simulated", str(weights), mode="two-stage", range_clamp=0.02, device="cpu", torch_threads=1)
-    assert stage.range_clamp == 0.02 and stage.two_stage.range_clamp == 0.02
-    assert RefineStage("simulated", str(weights), device="cpu", torch_threads=1).range_clamp == RANGE_CLAMP
+    assert stage.options.range_clamp == 0.02 and stage.options.mode == "two-stage"
+    default = RefineStage("simulated", str(weights), device="cpu", torch_threads=1)
+    assert default.options.range_clamp is None
+    assert default.options.resolved(default.predictor, default.refiner).range_clamp == RANGE_CLAMP
 
 
 def test_bundled_configs_work_without_a_training_run():

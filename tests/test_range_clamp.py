@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sddr_pipeline.inference.one_stage import refine_predictions
+from sddr_pipeline.inference.core import refine_predictions
 from sddr_pipeline.inference.range_clamp import (
     RANGE_CLAMP,
     check_range_clamp,
@@ -11,7 +11,8 @@ from sddr_pipeline.inference.range_clamp import (
     clamp_to_local_range,
     local_range,
 )
-from sddr_pipeline.inference.two_stage import TwoStageConfig
+from sddr_pipeline.inference.options import RefineOptions
+from sddr_pipeline.models import RefinerConfig
 from sddr_pipeline.models.refiner import RefinerOutput
 from sddr_pipeline.predictors.base import OutputKind
 
@@ -63,7 +64,9 @@ def test_shape_mismatch_and_bad_fraction_are_errors():
     with pytest.raises(ValueError, match="range_clamp"):
         check_range_clamp(-0.1)
     with pytest.raises(ValueError, match="range_clamp"):
-        TwoStageConfig(range_clamp=0.5)
+        RefineOptions(range_clamp=0.5)
+    with pytest.raises(ValueError, match="range_clamp"):
+        RefinerConfig(range_clamp=0.3)
 
 
 def test_radius_is_a_fraction_of_the_long_side():
@@ -87,7 +90,7 @@ class Overshooter:
 def test_refine_predictions_clamps_to_low_and_can_be_disabled():
     ramp = np.tile(np.linspace(1.0, 2.0, 256, dtype=np.float32), (256, 1))
     kind = OutputKind("disparity", False)
-    on = refine_predictions(ramp, ramp, kind, Overshooter())  # radius 256/128 = 2 px
+    on = refine_predictions(ramp, ramp, kind, Overshooter(), RANGE_CLAMP)  # radius 256/128 = 2 px
     off = refine_predictions(ramp, ramp, kind, Overshooter(), range_clamp=0)
     assert float(off.refined[0, 0, 100, 100]) == pytest.approx(100 / 255 + 0.5, abs=1e-5)
     assert float(on.refined[0, 0, 100, 100]) == pytest.approx(102 / 255, abs=1e-3)

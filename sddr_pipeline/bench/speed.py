@@ -86,9 +86,9 @@ def _median_ms(samples: list[float]) -> float:
 
 def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | None = None) -> dict:
     from ..data import make_scene
-    from ..inference import refine_predictions
-    from ..inference.one_stage import finish
-    from ..inference.two_stage import TwoStageConfig, refine_two_stage
+    from ..inference.core import finish, refine_predictions
+    from ..inference.options import RefineOptions
+    from ..inference.orchestrate import refine
     from ..models import Refiner
     from ..predictors import OutputKind, get_predictor
 
@@ -117,9 +117,11 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
         for n in cfg.sizes:
             high = rng.random((n, n), dtype=np.float32)
 
-            def run_one(ref=ref, high=high, n=n):
-                maps = refine_predictions(low, high, kind, ref)
-                return finish(maps, kind, (n, n), low, high, "one-stage", 0, {}, None, want_edges=False)
+            one = RefineOptions(edges=False).resolved(None, ref)
+
+            def run_one(ref=ref, high=high, n=n, one=one):
+                maps = refine_predictions(low, high, kind, ref, one.range_clamp)
+                return finish(maps, kind, (n, n), low, high, one, {}, None)
 
             items[f"one_stage/{p}/{n}"] = run_one
 
@@ -127,12 +129,12 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
     scene = make_scene(n2, n2, seed=0)
     ctx = SampleContext(name="bench", gt=scene.depth, gt_kind="depth")
     cached = _CachedPredictor(get_predictor("simulated"))
-    two_cfg = TwoStageConfig()
+    two = RefineOptions(mode="two-stage", edges=False)
     for p, ref in refiners.items():
-        refine_two_stage(scene.rgb, cached, ref, context=ctx, config=two_cfg)  # fills the cache
+        refine(scene.rgb, cached, ref, two, context=ctx, edges=True)  # fills the cache
 
         def run_two(ref=ref):
-            return refine_two_stage(scene.rgb, cached, ref, context=ctx, config=two_cfg, edges=False)
+            return refine(scene.rgb, cached, ref, two, context=ctx)
 
         items[f"two_stage/{p}/{n2}"] = run_two
     cached.frozen = True

@@ -35,7 +35,7 @@ def _positive_int(text: str) -> int:
 
 
 def _clamp_fraction(text: str) -> float:
-    from ..inference.range_clamp import check_range_clamp
+    from ..inference.options import check_range_clamp
 
     try:
         return check_range_clamp(float(text))
@@ -55,36 +55,33 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from ..batch import RefineJobError, refine_folder
-    from ..inference import TwoStageConfig
+    from ..inference.options import RefineOptions, TwoStageConfig
     from ..models import Refiner, RefinerWeightsError
     from ..predictors import PredictorError, get_predictor
 
     device = resolve_device(args.device)
     try:
+        options = RefineOptions(mode=args.mode, low_res=args.low_res, high_res=args.high_res,
+                                two_stage=TwoStageConfig(steps=args.steps), range_clamp=args.range_clamp,
+                                confidence=args.confidence)
         refiner = Refiner.from_pretrained(args.weights, device=device)
         predictor = get_predictor(args.predictor, device=device)
     except (RefinerWeightsError, PredictorError, FileNotFoundError, ValueError) as exc:
         print(f"sddr refine: {exc}", file=sys.stderr)
         return 2
-    two = TwoStageConfig(steps=args.steps) if args.mode == "two-stage" else None
     try:
         report = refine_folder(
             args.input,
             args.output,
             predictor,
             refiner,
+            options,
             predictor_spec=args.predictor,
-            mode=args.mode,
-            low_res=args.low_res,
-            high_res=args.high_res,
-            two_stage=two,
             layout=args.layout,
             on_error=args.on_error,
             skip_existing=args.skip_existing,
             save_predictions=args.save_predictions,
-            confidence=args.confidence,
             scale_points=args.scale_points,
-            range_clamp=args.range_clamp,
             progress=not args.quiet,
         )
     except RefineJobError as exc:
@@ -135,7 +132,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import DatasetError
     from ..evaluation import evaluate_dataset, format_table
-    from ..inference import RANGE_CLAMP
     from ..models import Refiner, RefinerWeightsError
     from ..predictors import PredictorError
 
@@ -154,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             alignment=args.alignment,
             seed=args.seed,
             report_dir=args.report,
-            range_clamp=RANGE_CLAMP if args.range_clamp is None else args.range_clamp,
+            range_clamp=args.range_clamp,
         )
     except (RefinerWeightsError, PredictorError, DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"sddr eval: {exc}", file=sys.stderr)

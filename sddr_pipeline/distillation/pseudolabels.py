@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ..data import Dataset, open_dataset
-from ..inference.one_stage import default_resolutions
-from ..inference.two_stage import TwoStageConfig, refine_two_stage
+from ..inference.options import RefineOptions
+from ..inference.orchestrate import refine
 from ..io import atomic_write, atomic_write_json, check_name
 from ..predictors.base import Predictor, SampleContext
 from ..training.losses import edge_clusters
@@ -74,22 +74,20 @@ def make_pseudo_label(
     image: np.ndarray,
     predictor: Predictor,
     refiner,
+    options: RefineOptions | None = None,
     *,
-    low_res: int | None = None,
-    high_res: int | None = None,
     context: SampleContext | None = None,
-    steps: int = 2,
     seed: int = 0,
     top: float = 0.05,
     regions: int = 8,
+    **changes: Any,
 ) -> PseudoLabel:
-    """The pseudo-label of an HxWx3 uint8 image: S = ``steps`` coarse-to-fine steps
-    (resolutions default to the predictor's preferred ones), regions from k-means seeded
-    by ``seed``. Deterministic for deterministic predictor and refiner."""
-    result = refine_two_stage(
-        image, predictor, refiner, low_res=low_res, high_res=high_res, context=context,
-        config=TwoStageConfig(steps=steps), edges=True,
-    )
+    """The pseudo-label of an HxWx3 uint8 image: coarse-to-fine refinement as ``options``
+    (with keyword ``changes``, e.g. ``steps=2``, ``low_res``) say, always two-stage with
+    G_S; regions from k-means seeded by ``seed``. Deterministic for deterministic
+    predictor and refiner."""
+    options = RefineOptions.build(options, **{**changes, "mode": "two-stage", "edges": True})
+    result = refine(image, predictor, refiner, options, context=context)
     gs = np.ascontiguousarray(result.edges, dtype=np.float32)
     return PseudoLabel(
         gs=gs,
@@ -163,16 +161,15 @@ def write_pseudo_labels(
     output_dir: str | os.PathLike,
     predictor: Predictor,
     refiner,
+    options: RefineOptions | None = None,
     *,
     layout: str = "auto",
-    low_res: int | None = None,
-    high_res: int | None = None,
-    steps: int = 2,
     seed: int = 0,
     top: float = 0.05,
     regions: int = 8,
     writer: LabelWriter = write_label_files,
     progress: Callable[[str], None] | None = None,
+    **changes: Any,
 ) -> PseudoLabelRun:
     """Pseudo-label every image of ``source`` (a :class:`Dataset`, or a folder opened with
     ``open_dataset(source, layout)``) into ``output_dir``.
@@ -180,16 +177,18 @@ def write_pseudo_labels(
     Images already in the manifest with all their files are skipped; a manifest written
     with other settings (predictor, refiner weights, resolutions, steps, seed, top,
     regions) is refused. Each sample's context (its ground truth, if any) goes to the
-    predictor, so ``simulated`` works on datasets with ground truth.
+    predictor, so ``simulated`` works on datasets with ground truth. ``options`` and
+    ``changes`` are those of :func:`make_pseudo_label`.
     """
     dataset = source if isinstance(source, Dataset) else open_dataset(Path(source), layout)
     root = Path(output_dir)
-    low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    options = RefineOptions.build(options, **{**changes, "mode": "two-stage", "edges": True}).resolved(predictor, refiner)
     settings = {
         "source": str(Path(dataset.root).resolve()), "layout": dataset.layout,
         "predictor": getattr(predictor, "name", type(predictor).__name__),
         "refiner": getattr(refiner, "version", type(refiner).__name__),
-        "low_res": low_res, "high_res": high_res, "steps": steps, "seed": seed, "top": top, "regions": regions,
+        "low_res": options.low_res, "high_res": options.high_res, "steps": options.steps, "seed": seed, "top": top,
+        "regions": regions,
     }
     manifest_path = root / MANIFEST
     manifest = _load_manifest(manifest_path, settings)
@@ -201,10 +200,8 @@ def write_pseudo_labels(
             run.skipped.append(sample.name)
             continue
         t0 = time.perf_counter()
-        label = make_pseudo_label(
-            sample.image(), predictor, refiner, low_res=low_res, high_res=high_res, context=sample.context(),
-            steps=steps, seed=seed, top=top, regions=regions,
-        )
+        label = make_pseudo_label(sample.image(), predictor, refiner, options, context=sample.context(), seed=seed,
+                                  top=top, regions=regions)
         files = writer(root, sample.name, label)
         seconds = time.perf_counter() - t0
         manifest["items"][sample.name] = {"files": files, "shape": list(label.gs.shape), "seconds": round(seconds, 3)}

@@ -53,6 +53,7 @@ from skimage.feature import canny
 from skimage.segmentation import slic
 
 from ..inference.alignment import align_least_squares
+from ..inference.normalize import invert_with_floor
 
 Space = Literal["disparity", "depth"]
 AlignmentMode = Literal["auto", "disparity", "depth", "scale", "metric"]
@@ -308,15 +309,8 @@ def sanitize64(pred: np.ndarray) -> np.ndarray:
     return arr
 
 
-def invert(x: np.ndarray) -> np.ndarray:
-    """1 / x after clipping to 1e-3 of the largest value (the rule of
-    :func:`~sddr_pipeline.inference.normalize.to_disparity_like`), in float64."""
-    peak = float(x.max()) if x.size else 0.0
-    return 1.0 / np.maximum(x, max(peak * 1e-3, 1e-6))
-
-
 def _to_space(pred: np.ndarray, pred_space: str, space: str) -> np.ndarray:
-    return pred if pred_space == space else invert(pred)
+    return pred if pred_space == space else invert_with_floor(pred)
 
 
 def align_prediction(
@@ -481,7 +475,7 @@ def prepare_prediction(
         raise ValueError(f"prediction must be a non-empty 2-D map, got shape {arr.shape}")
     full = resize_bilinear(sanitize64(arr), ref.shape)
     depth, info = align_prediction(full, pred_space, pred_metric, ref, alignment)
-    disp = full if pred_space == "disparity" else invert(full)
+    disp = full if pred_space == "disparity" else invert_with_floor(full)
     edges = depth_edges(depth, ref.valid) if ref.edges is not None else None
     return PreparedPrediction(depth=depth, disparity=disp, edges=edges, alignment=info)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -26,11 +26,9 @@ import torch
 
 from .. import __version__
 from ..data import open_dataset
-from ..inference import RANGE_CLAMP, TwoStageConfig
-from ..inference.normalize import from_disparity_like, sanitize, to_disparity_like
-from ..inference.one_stage import default_resolutions, finish, predict_pair, refine_predictions
-from ..inference.range_clamp import check_range_clamp
-from ..inference.two_stage import coarse_to_fine
+from ..inference.normalize import from_disparity_like
+from ..inference.options import RefineOptions
+from ..inference.orchestrate import refine
 from ..predictors import get_predictor
 from ..predictors.base import OutputKind, Predictor
 from . import metrics as M
@@ -56,36 +54,26 @@ def method_maps(
     context: Any,
     predictor: Predictor,
     refiner: Any,
-    low_res: int,
-    high_res: int,
-    two_stage: TwoStageConfig | None,
+    options: RefineOptions,
     guided: tuple[int | None, float],
-    range_clamp: float = RANGE_CLAMP,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every method's map of one image, in the predictor's space and polarity (low and
-    high at their working sizes, the others at image size), with timings in seconds."""
+    high at their working sizes, the others at image size), with timings in seconds.
+    ``options`` are resolved; two-stage ones also score their step-0 (one-stage) result."""
     kind = predictor.kind
     size = image.shape[:2]
-    low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
-    maps: dict[str, np.ndarray] = {"low": np.asarray(low, np.float32), "high": np.asarray(high, np.float32)}
+    opts = options if options.mode == "one-stage" else replace(options, keep_one_stage=True)
+    result = refine(image, predictor, refiner, opts, context=context)
+    timings = dict(result.timings)
+    one = result if result.one_stage is None else result.one_stage
+    maps: dict[str, np.ndarray] = {"low": result.low, "high": result.high, "sddr_one_stage": one.depth}
+    if result.one_stage is not None:
+        maps["sddr_two_stage"] = result.depth
     t0 = time.perf_counter()
-    low_d = to_disparity_like(sanitize(low), kind)
-    high_d = to_disparity_like(sanitize(high), kind)
-    maps["freq_merge"] = _from_disparity_like(freq_merge(low_d, high_d, size), kind)
+    maps["freq_merge"] = _from_disparity_like(freq_merge(result.low_disp, result.high_disp, size), kind)
     radius, eps = guided
-    maps["guided"] = _from_disparity_like(guided_fusion(low_d, high_d, size, radius=radius, eps=eps), kind)
-    t1 = time.perf_counter()
-    timings["baselines"] = t1 - t0
-    start = refine_predictions(low, high, kind, refiner, range_clamp)
-    one = finish(start, kind, size, low, high, "one-stage", 0, timings, None, want_edges=False)
-    maps["sddr_one_stage"] = one.depth
-    timings["refine"] = time.perf_counter() - t1
-    if two_stage is not None:
-        t2 = time.perf_counter()
-        final, _ = coarse_to_fine(image, predictor, refiner, start, high_res, context, two_stage, timings, final_edges=False)
-        two = finish(final, kind, size, low, high, "two-stage", two_stage.steps, timings, None, want_edges=False)
-        maps["sddr_two_stage"] = two.depth
-        timings["two_stage"] = time.perf_counter() - t2
+    maps["guided"] = _from_disparity_like(guided_fusion(result.low_disp, result.high_disp, size, radius=radius, eps=eps), kind)
+    timings["baselines"] = time.perf_counter() - t0
     timings.pop("finish", None)
     return maps, timings
 
@@ -123,15 +111,14 @@ def evaluate_dataset(
     two_stage: bool = True,
     progress: bool = True,
     *,
-    low_res: int | None = None,
-    high_res: int | None = None,
     alignment: M.AlignmentMode = "auto",
     seed: int = 0,
     guided_radius_px: int | None = None,
     guided_eps: float = GUIDED_EPS,
     report_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
-    range_clamp: float = RANGE_CLAMP,
+    options: RefineOptions | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Score every method of :data:`METHODS` on each image of a dataset (see the module
     docstring); returns ``{"methods", "per_image", "config"}`` (JSON-ready, no NaN).
@@ -139,23 +126,24 @@ def evaluate_dataset(
     ``refiner`` is a :class:`~sddr_pipeline.models.Refiner` or a weights path.
     ``limit`` keeps the first N images (sorted by name). Images without GT are skipped
     and listed under ``config["skipped"]``. With ``report_dir``, an HTML report with one
-    composite picture per image is written there (:mod:`.report`). ``range_clamp`` is the
-    one- and two-stage local-range clamp (:mod:`sddr_pipeline.inference.range_clamp`; 0
-    scores the raw network output).
+    composite picture per image is written there (:mod:`.report`). ``options`` (with
+    keyword ``changes`` applied, e.g. ``low_res``, ``range_clamp``, ``steps``) say how SDDR
+    refines, as for :func:`sddr_pipeline.inference.refine`; ``two_stage`` also scores
+    two-stage.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
-    check_range_clamp(range_clamp)
+    changes.update(mode="two-stage" if two_stage else "one-stage", edges=False)
+    opts = RefineOptions.build(options, **changes)
     refiner = _load_refiner(refiner, "cpu")
     device = str(refiner.device)
     predictor = get_predictor(predictor_spec, device=device)
-    low_res, high_res = default_resolutions(predictor, low_res, high_res)
+    opts = opts.resolved(predictor, refiner)
     dataset = open_dataset(dataset_root, layout=layout)
     samples_total = len(dataset)
     count = samples_total if limit is None else min(limit, samples_total)
     if count == 0:
         raise ValueError(f"dataset {dataset_root} ({dataset.layout}) has no images")
-    two_cfg = TwoStageConfig(range_clamp=range_clamp) if two_stage else None
     methods = METHODS if two_stage else METHODS[:-1]
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     writer = None
@@ -173,10 +161,7 @@ def evaluate_dataset(
             continue
         t0 = time.perf_counter()
         image = sample.image()
-        maps, timings = method_maps(
-            image, sample.context(), predictor, refiner, low_res, high_res, two_cfg, (guided_radius_px, guided_eps),
-            range_clamp,
-        )
+        maps, timings = method_maps(image, sample.context(), predictor, refiner, opts, (guided_radius_px, guided_eps))
         t1 = time.perf_counter()
         ref = M.prepare_ground_truth(sample.gt, sample.gt_kind, seed=seed)
         prepared = {name: M.prepare_prediction(maps[name], predictor.kind.space, predictor.kind.metric, ref, alignment) for name in methods}
@@ -205,10 +190,10 @@ def evaluate_dataset(
         "predictor_kind": predictor.kind.describe(),
         "refiner": refiner.version,
         "device": device,
-        "resolutions": {"low": low_res, "high": high_res},
+        "resolutions": {"low": opts.low_res, "high": opts.high_res},
         "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
-        "two_stage": None if two_cfg is None else asdict(two_cfg),
-        "range_clamp": range_clamp,
+        "two_stage": asdict(opts.two_stage) if two_stage else None,
+        "range_clamp": opts.range_clamp,
         "baselines": {
             "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
             "guided": {

@@ -199,11 +199,10 @@ def align_to_reference(disparity_like: np.ndarray, reference: Any) -> np.ndarray
     the reference pixels (as ``refine`` does for its result), then inverted."""
     import torch
 
-    from ..inference.alignment import align_robust
+    from ..inference.alignment import fit_sparse_depth, sample_nearest
 
-    pts = np.asarray(reference.points, dtype=np.int64)
-    src = torch.from_numpy(np.asarray(disparity_like, dtype=np.float64)[pts[:, 0], pts[:, 1]])
-    a, b = align_robust(src, torch.from_numpy(1.0 / np.asarray(reference.depth, dtype=np.float64)))
+    values = sample_nearest(torch.from_numpy(np.asarray(disparity_like, dtype=np.float64)), reference.points)
+    a, b = fit_sparse_depth(values, reference.depth)
     disp = a * np.asarray(disparity_like, dtype=np.float64) + b
     with np.errstate(divide="ignore"):
         return np.where(disp > 0, 1.0 / disp, 0.0).astype(np.float32)
@@ -270,8 +269,8 @@ def evaluate_rgbd_fusion(
         )
         refined = metric_depth(result.depth, result.space, result.metric, sample.name)
         aligned = {"refined": refined}
-        for key, raw in (("low", result.low), ("high", result.high)):
-            disp = resize(as_map_tensor(_disparity_like(raw, predictor)), gt.shape)[0, 0].numpy()
+        for key, disparity_like in (("low", result.low_disp), ("high", result.high_disp)):
+            disp = resize(as_map_tensor(disparity_like), gt.shape)[0, 0].numpy()
             aligned[key] = align_to_reference(disp, ref)
         valid = gt > 0
         for key, d in aligned.items():
@@ -288,12 +287,6 @@ def evaluate_rgbd_fusion(
         "refiner": getattr(refiner, "version", "unknown"),
     }
     return FusionEvaluation(reference, meshes, metrics, errors, settings)
-
-
-def _disparity_like(pred: np.ndarray, predictor: Any) -> np.ndarray:
-    from ..inference.normalize import sanitize, to_disparity_like
-
-    return to_disparity_like(sanitize(pred), predictor.kind)
 
 
 def distance_colored(mesh: Any, reference: Any, max_distance: float) -> Any:

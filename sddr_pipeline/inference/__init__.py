@@ -1,85 +1,44 @@
-"""Inference: one-stage and coarse-to-fine two-stage SDDR refinement of single images."""
+"""Inference: one-stage and coarse-to-fine two-stage SDDR refinement of single images.
+
+``refine(image, predictor, refiner, options)`` is the entry (:mod:`.orchestrate`);
+:class:`RefineOptions` says how (:mod:`.options`), :class:`RefineResult` what came out.
+Names load on first use, so ``sddr_pipeline.inference.options`` imports without torch.
+"""
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Literal
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    from .core import RefinedMaps, finish, predict_pair, refine_predictions
+    from .options import (
+        DEFAULT_HIGH_RES, DEFAULT_LOW_RES, MODES, RANGE_CLAMP, Mode, RefineOptions, ResolutionPolicy, TwoStageConfig,
+        check_range_clamp,
+    )
+    from .orchestrate import refine
+    from .result import NonFiniteResultError, RefineResult, ScaleReference
+    from .two_stage import coarse_to_fine
 
-from ..predictors.base import Predictor, SampleContext
-from .one_stage import DEFAULT_HIGH_RES, DEFAULT_LOW_RES, refine_one_stage, refine_predictions
-from .range_clamp import RANGE_CLAMP, check_range_clamp
-from .result import NonFiniteResultError, RefineResult, ScaleReference
-from .two_stage import TwoStageConfig, coarse_to_fine, refine_two_stage
+_LAZY = {
+    "DEFAULT_HIGH_RES": "options", "DEFAULT_LOW_RES": "options", "MODES": "options", "Mode": "options",
+    "RANGE_CLAMP": "options", "RefineOptions": "options", "ResolutionPolicy": "options",
+    "TwoStageConfig": "options", "check_range_clamp": "options",
+    "NonFiniteResultError": "result", "RefineResult": "result", "ScaleReference": "result",
+    "RefinedMaps": "core", "finish": "core", "predict_pair": "core", "refine_predictions": "core",
+    "coarse_to_fine": "two_stage",
+    "refine": "orchestrate",
+}
 
-Mode = Literal["one-stage", "two-stage"]
-MODES: tuple[str, ...] = ("one-stage", "two-stage")
-
-
-def refine(
-    image: np.ndarray,
-    predictor: Predictor,
-    refiner,
-    *,
-    mode: Mode = "one-stage",
-    low_res: int | None = None,
-    high_res: int | None = None,
-    context: SampleContext | None = None,
-    scale_reference: ScaleReference | None = None,
-    two_stage: TwoStageConfig | None = None,
-    edges: bool = True,
-    range_clamp: float | None = None,
-) -> RefineResult:
-    """Refine one HxWx3 uint8 image with ``mode`` ``"one-stage"`` or ``"two-stage"``.
-
-    ``edges=False`` skips the full-size edge map G (``result.edges`` is then None).
-    ``range_clamp`` (fraction of the long side, 0 = the raw network output) overrides the
-    local-range clamp: :data:`~.range_clamp.RANGE_CLAMP` for one-stage, the
-    ``two_stage`` config's value for two-stage when None.
-    """
-    if range_clamp is not None:
-        check_range_clamp(range_clamp)
-    if mode == "one-stage":
-        return refine_one_stage(
-            image,
-            predictor,
-            refiner,
-            low_res=low_res,
-            high_res=high_res,
-            context=context,
-            scale_reference=scale_reference,
-            edges=edges,
-            range_clamp=RANGE_CLAMP if range_clamp is None else range_clamp,
-        )
-    if mode == "two-stage":
-        if range_clamp is not None:
-            two_stage = replace(two_stage or TwoStageConfig(), range_clamp=range_clamp)
-        return refine_two_stage(
-            image,
-            predictor,
-            refiner,
-            low_res=low_res,
-            high_res=high_res,
-            context=context,
-            scale_reference=scale_reference,
-            config=two_stage,
-            edges=edges,
-        )
-    raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+__all__ = sorted(_LAZY)
 
 
-__all__ = [
-    "DEFAULT_HIGH_RES",
-    "DEFAULT_LOW_RES",
-    "MODES",
-    "NonFiniteResultError",
-    "RANGE_CLAMP",
-    "RefineResult",
-    "ScaleReference",
-    "TwoStageConfig",
-    "coarse_to_fine",
-    "refine",
-    "refine_one_stage",
-    "refine_predictions",
-    "refine_two_stage",
-]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

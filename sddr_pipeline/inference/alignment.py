@@ -6,12 +6,14 @@ mask of valid pixels, and return Python floats ``(scale, shift)`` such that
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..models.fusion import gaussian_blur
 
 __all__ = [
-    "align_gradient", "align_gradient_batch", "align_least_squares", "align_robust", "forward_gradients", "gaussian_blur",
+    "align_gradient", "align_gradient_batch", "align_least_squares", "align_robust", "fit_sparse_depth", "forward_gradients",
+    "gaussian_blur", "sample_nearest",
 ]
 
 _EPS = 1e-12
@@ -144,3 +146,32 @@ def align_gradient_batch(
     scale = torch.where(grad_ok, g_scale, v_scale)
     shift = mr - scale * ms
     return scale.to(src.dtype), shift.to(src.dtype)
+
+
+def sample_nearest(values: torch.Tensor, points: np.ndarray) -> torch.Tensor:
+    """The pixels of an HxW map nearest to Nx2 (row, col) ``points`` (rounded, clipped to
+    the map)."""
+    pts = np.asarray(points, dtype=np.float64)
+    h, w = values.shape[-2:]
+    rows = np.clip(np.round(pts[:, 0]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pts[:, 1]).astype(np.int64), 0, w - 1)
+    return values[torch.from_numpy(rows).to(values.device), torch.from_numpy(cols).to(values.device)]
+
+
+def fit_sparse_depth(values: torch.Tensor, depth: np.ndarray, space: str = "inverse") -> tuple[float, float]:
+    """Robust scale/shift (:func:`align_robust`) of map ``values`` at N sparse points to
+    their metric ``depth``: to 1/depth for a disparity-like map (``space="inverse"``), to
+    depth itself for ``"depth"``. Points whose depth is not finite and positive are left
+    out; fewer than 3 left is a ``ValueError``. The one fit of a map to SfM points, LiDAR
+    or RGB-D samples."""
+    if space not in ("inverse", "depth"):
+        raise ValueError(f"space must be 'inverse' or 'depth', got {space!r}")
+    d = np.asarray(depth, dtype=np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    if ok.sum() < 3:
+        raise ValueError(f"scale reference has {int(ok.sum())} valid points; at least 3 are needed")
+    src = torch.as_tensor(values)
+    if not ok.all():
+        src = src[torch.from_numpy(ok).to(src.device)]
+    target = 1.0 / d[ok] if space == "inverse" else d[ok]
+    return align_robust(src, torch.from_numpy(target).to(src.device))

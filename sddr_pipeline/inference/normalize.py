@@ -44,9 +44,16 @@ def to_disparity_like(pred: np.ndarray, kind: OutputKind) -> np.ndarray:
     if not positive.all():
         index = distance_transform_edt(~positive, return_distances=False, return_indices=True)
         arr = arr[tuple(index)]
-    peak = float(arr.max())
-    floor = max(peak * 1e-3, 1e-6)
-    return (1.0 / np.maximum(arr, floor)).astype(np.float32)
+    return invert_with_floor(arr).astype(np.float32)
+
+
+def invert_with_floor(x: np.ndarray, rel: float = 1e-3, tiny: float = 1e-6) -> np.ndarray:
+    """``1 / x`` after clipping ``x`` to ``rel`` of its largest value (at least ``tiny``),
+    in ``x``'s dtype: depth <-> disparity for a map of positive values, where a tiny or
+    zero pixel must not become a huge value that dominates everything else. The one rule
+    for inference inputs, the metrics and the COLMAP fit."""
+    peak = float(np.max(x)) if np.size(x) else 0.0
+    return 1.0 / np.maximum(x, max(peak * rel, tiny))
 
 
 def from_disparity_like(disp: torch.Tensor, kind: OutputKind) -> torch.Tensor:

@@ -15,17 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Default clamp radius as a fraction of the working map's long side (0 disables the clamp).
-RANGE_CLAMP = 1.0 / 128
+from .options import RANGE_CLAMP, check_range_clamp
 
-
-def check_range_clamp(fraction: float) -> float:
-    """``fraction`` as a float in [0, 0.25], else ``ValueError``."""
-    value = float(fraction)
-    if not 0.0 <= value <= 0.25:
-        raise ValueError(f"range_clamp must be in [0, 0.25] (a fraction of the long side; 0 disables it), got {fraction!r}")
-    return value
-
+__all__ = ["RANGE_CLAMP", "check_range_clamp", "clamp_radius", "clamp_to_local_range", "local_range"]
 
 def clamp_radius(shape: tuple[int, ...], fraction: float) -> int:
     """The clamp radius in pixels for a map of ``shape`` (..., H, W): ``fraction`` x long side, rounded."""

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..predictors.base import OutputKind
+
+if TYPE_CHECKING:
+    from .options import RefineOptions
 
 
 class NonFiniteResultError(RuntimeError):
@@ -48,8 +54,14 @@ class RefineResult:
     ``"predictor"`` (relative), ``"metric-predictor"`` or ``"reference"``.
     ``normalized`` is the refined disparity-like map in the refiner's [0, 1] space,
     ``omega`` where detail was taken from the high-resolution prediction, ``edges`` the
-    edge representation G of the result (None when not requested); ``low``/``high`` are the raw predictions at
-    their working resolutions.
+    edge representation G of the result (None when not requested); ``low``/``high`` are the
+    raw predictions at their working resolutions, ``kind`` the predictor's output kind
+    (the space and polarity of ``low``/``high``, whatever ``space`` the result was brought
+    to), and ``low_disp``/``high_disp`` those predictions made disparity-like exactly as
+    the refiner saw them (before normalisation), at the same working sizes.
+    ``confidence`` is the per-pixel confidence in [0, 1] when it was asked for
+    (:mod:`sddr_pipeline.confidence`); ``one_stage`` a two-stage result's step-0 result
+    when it was asked for; ``options`` the resolved options the result was made with.
     """
 
     depth: np.ndarray
@@ -66,6 +78,12 @@ class RefineResult:
     alignment: tuple[float, float] = (1.0, 0.0)
     timings: dict[str, float] = field(default_factory=dict)
     edge_history: list[np.ndarray] = field(default_factory=list)
+    kind: OutputKind | None = None
+    low_disp: np.ndarray | None = None
+    high_disp: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    one_stage: RefineResult | None = None
+    options: RefineOptions | None = None
 
     def describe(self) -> str:
         units = "metric" if self.metric else "relative"

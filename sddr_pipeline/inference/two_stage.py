@@ -13,74 +13,20 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from ..predictors.base import Predictor, SampleContext
 from .alignment import align_gradient_batch, gaussian_blur
+from .core import RefinedMaps, finish, predict_pair, predict_windows, refine_predictions
 from .edges import edge_map
 from .normalize import minmax_normalize_batch, prepare_prediction_batch, resize
-from .one_stage import RefinedMaps, _predict_batch, default_resolutions, finish, predict_pair, refine_predictions
-from .range_clamp import RANGE_CLAMP, check_range_clamp, clamp_radius, clamp_to_local_range
+from .options import RefineOptions, TwoStageConfig
+from .range_clamp import clamp_radius, clamp_to_local_range
 from .result import RefineResult, ScaleReference
-from .windows import Box, ResolutionPolicy, blend_windows, edge_density, window_boxes
-
-
-@dataclass(frozen=True)
-class TwoStageConfig:
-    """Knobs of the coarse-to-fine procedure (defaults follow the authors' released
-    inference: 2 steps; 25% window overlap; resolution policy of :class:`ResolutionPolicy`).
-
-    ``window_net_scale`` bounds the network's long side on a window of step s to
-    ``max_side * window_net_scale / (s + 1)`` (rounded to 128, at least 128): each step
-    then costs about ``window_net_scale**2`` one-stage passes instead of ``(s+1)**2``,
-    while the window's own high-resolution prediction still guides the upsampling to
-    the window's full size. ``None`` runs every window at the preset's ``max_side``.
-    The window-resolution policy reads edge maps computed at ``policy_side`` px (long
-    side) at most: densities need no more, and G at full size is computed once, at the end.
-    A gated refiner's window output is brought back to the estimate's units exactly, by
-    inverting the min-max normalisation of its estimate crop (:func:`denormalize_like`):
-    it is a mix of that crop and detail aligned to it, so a fit can only add error (the
-    fit's scale errors were why windows made two-stage worse than one-stage). The two
-    settings below apply to the legacy residual refiner only:
-    windows are aligned in the gradient domain after a Gaussian blur of ``align_sigma``
-    x the window's long side on both maps (see :func:`align_gradient_batch`).
-    ``anchor_sigma`` > 0 (an extension of the paper; 0 disables it) additionally keeps
-    the current estimate's low frequencies in each window: the window contributes only
-    its detail above a Gaussian of ``anchor_sigma`` x the window's long side. On
-    middlebury2014q with the simulated predictor it kept two-stage's ORD and REL at the
-    one-stage level while improving D3R (measured while choosing the defaults).
-    ``range_clamp`` (fraction of the working long side; 0 disables it) limits every
-    window's aligned result to the local range of the current estimate, as one-stage
-    limits its result to LOW's (:mod:`.range_clamp`).
-    """
-
-    steps: int = 2
-    overlap: float = 0.25
-    policy: ResolutionPolicy = ResolutionPolicy()
-    window_net_scale: float | None = 1.5
-    policy_side: int = 512
-    align_sigma: float = 0.03
-    anchor_sigma: float = 0.05
-    range_clamp: float = RANGE_CLAMP
-
-    def __post_init__(self) -> None:
-        check_range_clamp(self.range_clamp)
-        if not 1 <= self.steps <= 5:
-            raise ValueError(f"two-stage steps must be between 1 and 5, got {self.steps}")
-        if not 0.05 <= self.overlap < 0.75:
-            raise ValueError(f"window overlap must be in [0.05, 0.75), got {self.overlap}")
-        if self.window_net_scale is not None and not 0.25 <= self.window_net_scale <= 4:
-            raise ValueError(f"window_net_scale must be in [0.25, 4] or None, got {self.window_net_scale}")
-
-    def window_max_side(self, preset_max_side: int, step: int) -> int | None:
-        """The network's long-side bound for the windows of ``step`` (see the class doc)."""
-        if self.window_net_scale is None:
-            return None
-        side = preset_max_side * self.window_net_scale / (step + 1)
-        return int(min(preset_max_side, max(128, round(side / 128) * 128)))
+from .windows import Box, blend_windows, edge_density, window_boxes
 
 
 def _image_box(box: Box, work: tuple[int, int], image: tuple[int, int]) -> Box:
@@ -105,7 +51,7 @@ def denormalize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return x * (hi - lo) + lo
 
 
-def _align_residual_windows(depth: torch.Tensor, current: torch.Tensor, config: "TwoStageConfig", side: int) -> torch.Tensor:
+def _align_residual_windows(depth: torch.Tensor, current: torch.Tensor, config: TwoStageConfig, side: int) -> torch.Tensor:
     """Residual-head windows: gradient-domain least squares to the estimate crop, then the
     anchor (the crop's low frequencies replace the window's)."""
     scale, shift = align_gradient_batch(depth, current, sigma=config.align_sigma * side)
@@ -129,15 +75,14 @@ def coarse_to_fine(
     predictor: Predictor,
     refiner,
     start: RefinedMaps,
-    high_res: int,
+    options: RefineOptions,
     context: SampleContext | None,
-    config: TwoStageConfig,
     timings: dict[str, float],
-    final_edges: bool = True,
 ) -> tuple[RefinedMaps, list[torch.Tensor]]:
-    """Run steps 1..S from the one-stage estimate ``start``; returns the final maps and
-    the edge maps G_0..G_S (G_0..G_{S-1} at the policy's reduced size, G_S at working
-    size; G_S only with ``final_edges``)."""
+    """Run steps 1..S (``options.two_stage``) from the one-stage estimate ``start``;
+    returns the final maps and the edge maps G_0..G_S (G_0..G_{S-1} at the policy's
+    reduced size, G_S at working size; G_S only with ``options.edges``)."""
+    config, high_res = options.two_stage, options.high_res
     estimate, omega = start.refined, start.omega
     height, width = estimate.shape[-2:]
     img_size = image.shape[:2]
@@ -162,7 +107,7 @@ def coarse_to_fine(
             ibox = [_image_box(boxes[i], (height, width), img_size) for i in idx]
             crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for (y0, x0, y1, x1) in ibox]
             ctxs = [base_ctx.cropped(b) for b in ibox]
-            preds = _predict_batch(predictor, crops, res, ctxs)
+            preds = predict_windows(predictor, crops, res, ctxs)
             t1 = time.perf_counter()
             bh, bw = boxes[idx[0]][2] - boxes[idx[0]][0], boxes[idx[0]][3] - boxes[idx[0]][1]
             high = torch.cat([resize(p, (bh, bw)) for p in prepare_prediction_batch(preds, predictor.kind, estimate.device)])
@@ -172,7 +117,7 @@ def coarse_to_fine(
                 aligned = denormalize_like(out.depth.float(), current)
             else:
                 aligned = _align_residual_windows(out.depth.float(), current, config, max(bh, bw))
-            aligned = clamp_to_local_range(aligned, current, clamp_radius((height, width), config.range_clamp))
+            aligned = clamp_to_local_range(aligned, current, clamp_radius((height, width), options.range_clamp))
             for j, i in enumerate(idx):
                 refined[i] = aligned[j, 0]
                 omegas[i] = out.omega[j, 0].float()
@@ -181,7 +126,7 @@ def coarse_to_fine(
         feather = max(1, int(config.overlap * min(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1])))
         estimate = blend_windows(refined, boxes, height, width, feather)[None, None]  # type: ignore[arg-type]
         omega = blend_windows(omegas, boxes, height, width, feather)[None, None]  # type: ignore[arg-type]
-    if final_edges:
+    if options.edges:
         history.append(edge_map(estimate))
     return RefinedMaps(estimate, omega, start.low_disp, start.high_disp), history
 
@@ -190,38 +135,42 @@ def refine_two_stage(
     image: np.ndarray,
     predictor: Predictor,
     refiner,
+    options: RefineOptions,
     *,
-    low_res: int | None = None,
-    high_res: int | None = None,
     context: SampleContext | None = None,
     scale_reference: ScaleReference | None = None,
-    config: TwoStageConfig | None = None,
-    edges: bool = True,
 ) -> RefineResult:
     """Coarse-to-fine refinement of one HxWx3 uint8 image (see the module docstring).
 
-    ``result.edges`` is G_S (at image size) and ``result.edge_history`` holds G_0..G_S
-    (the earlier ones at the window policy's reduced size); ``edges=False`` skips the
-    full-size G_S (``result.edges`` is then None).
+    ``options`` must be resolved (:meth:`RefineOptions.resolved`); use
+    :func:`sddr_pipeline.inference.refine`, which resolves them. ``result.edges`` is G_S
+    (at image size) and ``result.edge_history`` holds G_0..G_S (the earlier ones at the
+    window policy's reduced size); without ``options.edges`` the full-size G_S is skipped
+    (``result.edges`` is then None). With ``options.keep_one_stage`` the result also
+    carries the step-0 (one-stage) result as ``result.one_stage``.
     """
-    config = config or TwoStageConfig()
-    low_res, high_res = default_resolutions(predictor, low_res, high_res)
-    low, high, timings = predict_pair(image, predictor, low_res, high_res, context)
+    low, high, timings = predict_pair(image, predictor, options.low_res, options.high_res, context)
     t0 = time.perf_counter()
-    start = refine_predictions(low, high, predictor.kind, refiner, config.range_clamp)
+    start = refine_predictions(low, high, predictor.kind, refiner, options.range_clamp)
     timings["refine"] = time.perf_counter() - t0
-    maps, history = coarse_to_fine(image, predictor, refiner, start, high_res, context, config, timings, edges)
-    return finish(
+    one_stage = None
+    if options.keep_one_stage:
+        step0 = replace(options, mode="one-stage", edges=False, confidence=False, keep_one_stage=False)
+        one_stage = finish(start, predictor.kind, image.shape[:2], low, high, step0, dict(timings), scale_reference)
+    t1 = time.perf_counter()
+    maps, history = coarse_to_fine(image, predictor, refiner, start, options, context, timings)
+    timings["two_stage"] = time.perf_counter() - t1
+    result = finish(
         maps,
         predictor.kind,
         image.shape[:2],
         low,
         high,
-        "two-stage",
-        config.steps,
+        options,
         timings,
         scale_reference,
-        edges=history[-1] if edges else None,
+        edges=history[-1] if options.edges else None,
         edge_history=[h[0, 0].cpu().numpy() for h in history],
-        want_edges=edges,
     )
+    result.one_stage = one_stage
+    return result

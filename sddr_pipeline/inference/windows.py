@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+
+from .options import ResolutionPolicy
+
+__all__ = [
+    "Box", "ResolutionPolicy", "axis_windows", "blend_windows", "edge_density", "feather_weights", "window_boxes",
+]
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), end-exclusive
 
@@ -80,23 +85,3 @@ def edge_density(edges: torch.Tensor, box: Box, threshold: float) -> float:
     return float((edges[..., y0:y1, x0:x1] > threshold).float().mean())
 
 
-@dataclass(frozen=True)
-class ResolutionPolicy:
-    """Per-window working resolution from edge density.
-
-    The image-wide threshold is the ``percentile`` of the edge map, so on average
-    ``1 - percentile/100`` of pixels (6%) are above it; a window with relative density
-    ``rho = density / 0.06`` gets ``base * clamp(sqrt(rho), lo, hi)`` px, rounded to
-    ``multiple``: windows full of edges are predicted at up to ``hi`` x the base high
-    resolution, flat ones at ``lo`` x (cheaper, and less texture to copy).
-    """
-
-    percentile: float = 94.0
-    lo: float = 0.75
-    hi: float = 1.25
-    multiple: int = 32
-
-    def resolution(self, base: int, density: float) -> int:
-        expected = 1.0 - self.percentile / 100.0
-        factor = min(max(math.sqrt(max(density, 0.0) / expected), self.lo), self.hi)
-        return max(self.multiple, int(round(base * factor / self.multiple)) * self.multiple)

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..inference.options import RANGE_CLAMP, check_range_clamp
+
 #: Stride of the stem in front of the MiT encoder (its input is the 1/4-scale stem feature).
 STEM_STRIDE = 4
 #: MiT patch-embedding kernels and strides per stage (1/16 ... 1/128 of the network input).
@@ -69,7 +71,9 @@ class RefinerConfig:
     gated head's frequency-merge scales in pixels of the network's input (they scale with
     the map when it runs downsampled), ``fusion_median`` the window of the median that
     takes RGB texture out of HIGH - LOW (see :mod:`.fusion`). Configs saved before ``fusion`` existed load as
-    ``residual``.
+    ``residual``. ``range_clamp`` is not architecture but the local-range clamp these
+    weights are meant to run with (:mod:`sddr_pipeline.inference.range_clamp`; 0 = none),
+    the default of every refinement that does not set one: it travels with the weights.
     """
 
     name: str = "custom"
@@ -93,6 +97,7 @@ class RefinerConfig:
     fusion: str = "residual"
     fusion_sigmas: tuple[float, ...] = (3.0, 8.0, 24.0)
     fusion_median: int = 5
+    range_clamp: float = RANGE_CLAMP
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -158,6 +163,7 @@ class RefinerConfig:
         if isinstance(self.fusion_median, bool) or not isinstance(self.fusion_median, int) \
                 or self.fusion_median < 1 or self.fusion_median % 2 == 0 or self.fusion_median > 15:
             raise ValueError(f"fusion_median must be an odd integer in [1, 15] (1 = no median), got {self.fusion_median!r}")
+        set_(self, "range_clamp", check_range_clamp(self.range_clamp))
         set_(self, "guided_eps", float(self.guided_eps))
         set_(self, "drop_path_rate", float(self.drop_path_rate))
 

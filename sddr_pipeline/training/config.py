@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..inference.range_clamp import check_range_clamp
+from ..inference.options import check_range_clamp
 from ..io.yaml_numbers import load_yaml
 from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec

@@ -45,8 +45,9 @@ from typing import Sequence
 
 import torch
 
-from ..inference.one_stage import RefinedMaps
-from ..inference.two_stage import TwoStageConfig, coarse_to_fine
+from ..inference.core import RefinedMaps
+from ..inference.options import RefineOptions, TwoStageConfig
+from ..inference.two_stage import coarse_to_fine
 from ..models import Refiner
 from .config import DistillSettings, Stage
 from .losses import cluster_boxes, edge_clusters
@@ -89,9 +90,11 @@ def stored_pseudo_label(example: TrainingExample, *, top: float, regions: int, s
 
 
 def crop_pseudo_label(
-    example: TrainingExample, teacher: Refiner, config: TwoStageConfig, *, top: float, regions: int, seed: int
+    example: TrainingExample, teacher: Refiner, options: RefineOptions, *, top: float, regions: int, seed: int
 ) -> CropLabel:
-    """G_S and its edge clusters for one example with an origin (see the module docstring)."""
+    """G_S and its edge clusters for one example with an origin (see the module docstring);
+    ``options`` give the coarse-to-fine steps and the windows' range clamp (the working
+    resolution is the example's own)."""
     origin = example.origin
     if origin is None:
         raise ValueError(f"example {example.name!r} has no crop origin; make it with origin=True")
@@ -99,9 +102,9 @@ def crop_pseudo_label(
     low, high = example.low[None].to(device), example.high[None].to(device)
     out = teacher(low, high)
     start = RefinedMaps(out.depth.float(), out.omega.float(), low, high)
-    _, history = coarse_to_fine(
-        origin.image, origin.predictor, teacher, start, origin.high_res, origin.context, config, {}, True
-    )
+    options = replace(options, mode="two-stage", high_res=origin.high_res, low_res=None, edges=True,
+                      range_clamp=options.clamp_for(teacher))
+    _, history = coarse_to_fine(origin.image, origin.predictor, teacher, start, options, origin.context, {})
     gs = history[-1][0].float().cpu()
     clusters = edge_clusters(gs[None], top=top, k=regions, seed=seed)[0].to(torch.int8)
     return CropLabel(gs, clusters)
@@ -122,7 +125,8 @@ class DistillRound:
         self.settings = settings
         self.indices = pool_indices(start, batch_size, steps, settings)
         self.reused = len(self.indices) < steps * batch_size
-        self.config = TwoStageConfig(steps=settings.coarse_to_fine_steps, range_clamp=settings.range_clamp)
+        self.options = RefineOptions(mode="two-stage", two_stage=TwoStageConfig(steps=settings.coarse_to_fine_steps),
+                                     range_clamp=settings.range_clamp)
         self.labelled = 0
         self.stored = 0
         self.label_seconds = 0.0
@@ -141,7 +145,7 @@ class DistillRound:
             if stored:
                 label = stored_pseudo_label(example, top=top, regions=regions, seed=index)
             else:
-                label = crop_pseudo_label(example, self.teacher, self.config, top=top, regions=regions, seed=index)
+                label = crop_pseudo_label(example, self.teacher, self.options, top=top, regions=regions, seed=index)
         made = (replace(example, origin=None), label)
         if self.reused:
             self._cache[position] = made
