@@ -690,12 +690,11 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
                         "predictors ignore it); e.g. the gt_depth/ folder of `sddr capture-sample`")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cli)
-    return p
 
 
 def cli(args: argparse.Namespace) -> int:
     """Entry point of ``sddr colmap``."""
-    from sddr_pipeline.cli.main import resolve_device
+    from sddr_pipeline.devices import resolve_device
     from sddr_pipeline.models import Refiner, RefinerWeightsError
     from sddr_pipeline.predictors import PredictorError, get_predictor
 

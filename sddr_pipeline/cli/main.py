@@ -8,20 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda`` without
-    one is a clear error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("sddr: --device cuda was requested but torch finds no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise SystemExit(f"sddr: unknown device {name!r} (use auto, cpu or cuda)")
-    return name
+from ..devices import DeviceError, resolve_device
 
 
 def _positive_int(text: str) -> int:
@@ -306,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except DeviceError as exc:
+        raise SystemExit(f"sddr: {exc}") from None
 
 
 if __name__ == "__main__":
