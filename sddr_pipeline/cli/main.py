@@ -190,7 +190,6 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_predictors(args: argparse.Namespace) -> int:
-    from .. import predictors as _builtins  # noqa: F401 - registers hf, onnx, python, simulated, torchscript
     from ..registry import PREDICTORS
 
     for name in PREDICTORS.names():
