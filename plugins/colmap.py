@@ -665,9 +665,8 @@ def _alignment_source(result: Any, space: Space) -> np.ndarray:
 # ------------------------------------------------------------------------ CLI
 
 
-def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``sddr colmap WORKSPACE --predictor SPEC [--weights W] [--output DIR] ...``."""
-    p = subparsers.add_parser("colmap", help="SDDR depth for a COLMAP workspace, scaled to its SfM points (COLMAP/3DGS outputs)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr colmap WORKSPACE --predictor SPEC [--weights W] [--output DIR] ...``."""
     p.add_argument("workspace", type=Path, help="folder with images/ and sparse/0")
     p.add_argument("--predictor", required=True, help="predictor spec (see `sddr refine`)")
     p.add_argument("--weights", default="default", help="refiner weights folder or .safetensors (default: %(default)s)")

@@ -17,7 +17,7 @@ after which ``--predictor mymodel:<arg>`` works everywhere a spec string is acce
 """
 from __future__ import annotations
 
-import warnings
+import logging
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Sequence, TypeVar, overload
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .predictors.base import PredictorFactory
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class RegistryError(KeyError):
@@ -83,8 +84,8 @@ class Registry(Generic[T]):
             if ep.name not in self._items:
                 self._items[ep.name] = ep.value
             elif not ep.value.startswith("sddr_pipeline."):  # the package's own entry points repeat its built-ins
-                warnings.warn(f"entry point {ep.name} = {ep.value!r} of group {self.group!r} is ignored: "
-                              f"{self.what} {ep.name!r} is built in", stacklevel=3)
+                log.warning("entry point %s = %r of group %r is ignored: %s %r is built in",
+                            ep.name, ep.value, self.group, self.what, ep.name)
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

@@ -276,9 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sizes", type=_positive_int, nargs="+", default=[512, 1024, 2048], help="one-stage square sizes (default: 512 1024 2048)")
     sp.set_defaults(func=cmd_bench_speed)
 
+    from ..integrations import add_arguments as add_integration_arguments
     from ..pipelines.cli import add_bench_pipeline_arguments, add_pipeline_arguments, add_pseudolabel_arguments
-
-    from ..plugins import add_arguments as add_integration_arguments
 
     add_bench_pipeline_arguments(bsub)
     add_pipeline_arguments(sub)
