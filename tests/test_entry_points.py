@@ -131,11 +131,12 @@ def test_help_imports_no_integration_or_heavy_module():
 
 def test_add_arguments_completes_a_sub_command_on_first_use():
     parser = argparse.ArgumentParser(prog="sddr")
-    add_arguments(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    add_arguments(subparsers)
     args = parser.parse_args(["nerf", "t.json", "depth", "--format", "3dgs"])
     assert (args.command, args.format, args.func.__module__) == ("nerf", "3dgs", "sddr_pipeline.plugins.nerf")
-    sub = parser._subparsers._group_actions[0].choices["capture-sample"]
-    assert sub.prog == "sddr capture-sample" and "--points" in sub.format_help()
+    capture = subparsers.choices["capture-sample"]
+    assert capture.prog == "sddr capture-sample" and "--points" in capture.format_help()
 
 
 def test_registry_decorator_and_repeated_registration():
