@@ -12,7 +12,6 @@ tested) as plain Python.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from sddr_pipeline.data import ImageReadError, read_image
+from sddr_pipeline.devices import resolve_device
 from sddr_pipeline.shards.io import DEFAULT_MAX_WAIT_S, filesystem, read_bytes
 from sddr_pipeline.shards.layout import shard_of
 from sddr_pipeline.shards.schema import (
@@ -32,8 +32,6 @@ from sddr_pipeline.shards.schema import (
     encode_regions,
     result_schema,
 )
-
-log = logging.getLogger(__name__)
 
 #: What the read step hands the model stage: the image's bytes, or why they are missing.
 INPUT_SCHEMA = pa.schema([
@@ -123,24 +121,6 @@ def decode_image(data: bytes, name: str, tmpdir: str | None = None) -> np.ndarra
         os.unlink(path)
 
 
-def pick_device(requested: str) -> str:
-    """``cpu``/``cuda`` for this process. ``auto`` falls back to CPU when torch sees no
-    CUDA device, even where Ray assigned a GPU; ``cuda`` without one is an error."""
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise RuntimeError(f"device 'cuda' was requested but torch finds no CUDA device "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        log.warning("a GPU was assigned (CUDA_VISIBLE_DEVICES=%s) but torch finds no CUDA device; running on CPU",
-                    os.environ["CUDA_VISIBLE_DEVICES"])
-    return "cpu"
-
-
 class _ModelStage:
     """Loads the models once per actor; subclasses turn one decoded image into row fields."""
 
@@ -155,7 +135,7 @@ class _ModelStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.predictor = get_predictor(predictor, self.device)
         self.refiner = Refiner.from_pretrained(weights, device=self.device)
         self.predictor_version = str(getattr(self.predictor, "name", predictor))

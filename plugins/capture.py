@@ -353,15 +353,11 @@ def build_capture(
 # ------------------------------------------------------------------------ CLI
 
 
-def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``sddr capture-sample OUT [--data DIR] [--points N] [--seed S] [--overwrite]``."""
-    p = subparsers.add_parser(
-        "capture-sample",
-        help="build a capture folder (COLMAP sparse/0, transforms.json, images, exact depth) from an RGB-D sequence",
-        description="Build OUT/images, OUT/sparse/0 (COLMAP model with points and tracks), OUT/gt_depth (exact depth, "
-                    "uint16 mm: ground truth for `sddr colmap --predictor simulated --gt-depth OUT/gt_depth`) and "
-                    "OUT/transforms.json (nerfstudio) from an rgbd_sequence dataset with poses.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr capture-sample OUT [--data DIR] [--points N] [--seed S] [--overwrite]``."""
+    p.description = ("Build OUT/images, OUT/sparse/0 (COLMAP model with points and tracks), OUT/gt_depth (exact depth, "
+                     "uint16 mm: ground truth for `sddr colmap --predictor simulated --gt-depth OUT/gt_depth`) and "
+                     "OUT/transforms.json (nerfstudio) from an rgbd_sequence dataset with poses.")
     p.add_argument("output", type=Path, help="new capture folder (refused when not empty, unless --overwrite)")
     p.add_argument("--data", type=Path, default=None,
                    help="rgbd_sequence folder: color/, depth/ (uint16 mm), trajectory.log "
@@ -371,7 +367,6 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--keypoint-noise", type=float, default=0.0, help="Gaussian keypoint noise in px (default: %(default)s, exact)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT when it is an earlier capture-sample folder")
     p.set_defaults(func=cli)
-    return p
 
 
 def cli(args: argparse.Namespace) -> int:

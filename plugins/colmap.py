@@ -663,9 +663,8 @@ def _alignment_source(result: Any, space: Space) -> np.ndarray:
 # ------------------------------------------------------------------------ CLI
 
 
-def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``sddr colmap WORKSPACE --predictor SPEC [--weights W] [--output DIR] ...``."""
-    p = subparsers.add_parser("colmap", help="SDDR depth for a COLMAP workspace, scaled to its SfM points (COLMAP/3DGS outputs)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr colmap WORKSPACE --predictor SPEC [--weights W] [--output DIR] ...``."""
     p.add_argument("workspace", type=Path, help="folder with images/ and sparse/0")
     p.add_argument("--predictor", required=True, help="predictor spec (see `sddr refine`)")
     p.add_argument("--weights", default="default", help="refiner weights folder or .safetensors (default: %(default)s)")
@@ -688,12 +687,11 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
                         "predictors ignore it); e.g. the gt_depth/ folder of `sddr capture-sample`")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cli)
-    return p
 
 
 def cli(args: argparse.Namespace) -> int:
     """Entry point of ``sddr colmap``."""
-    from sddr_pipeline.cli.main import resolve_device
+    from sddr_pipeline.devices import resolve_device
     from sddr_pipeline.models import Refiner, RefinerWeightsError
     from sddr_pipeline.predictors import PredictorError, get_predictor
 

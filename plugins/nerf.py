@@ -423,9 +423,8 @@ def _frame_confidence(source: DepthSource, key: str, frame_path: str, shape: tup
 # ------------------------------------------------------------------------ CLI
 
 
-def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``sddr nerf TRANSFORMS_JSON DEPTH_SOURCE --format F [--output FILE] ...``."""
-    p = subparsers.add_parser("nerf", help="write depth supervision for nerfstudio, instant-ngp or 3DGS from refined depth")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr nerf TRANSFORMS_JSON DEPTH_SOURCE --format F [--output FILE] ...``."""
     p.add_argument("transforms", type=Path, help="transforms.json (nerfstudio / instant-ngp / NeRF-synthetic)")
     p.add_argument("depth", type=Path, help="`sddr refine` output with metric maps, or `sddr colmap` output")
     p.add_argument("--format", choices=FORMATS, default="nerfstudio")
@@ -439,7 +438,6 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
                    help="also write confidence/<frame>.png weight maps (uint16 = confidence * 65535) from DEPTH's confidence/ "
                         "(`sddr refine --confidence` or `sddr colmap`); frames get depth_confidence_path")
     p.set_defaults(func=cli)
-    return p
 
 
 def cli(args: argparse.Namespace) -> int:

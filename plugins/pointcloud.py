@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from sddr_pipeline.geometry.intrinsics import intrinsics_from_sample
 from sddr_pipeline.geometry.pointcloud import pointcloud_from_output, write_mesh_ply
@@ -28,9 +28,8 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def add_arguments(subparsers: Any) -> None:
-    """Add ``sddr pointcloud`` and ``sddr fuse``."""
-    p = subparsers.add_parser("pointcloud", help="back-project metric refined depth to a coloured PLY point cloud")
+def add_pointcloud_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr pointcloud INPUT --output OUT [--intrinsics K.json] ...``."""
     p.add_argument("input", type=Path, help="`sddr refine` output folder (metric maps)")
     p.add_argument("--intrinsics", type=Path, default=None,
                    help='JSON {"fx","fy","cx","cy"} or {"K"}, optional "width"/"height" (default: from the input dataset)')
@@ -42,7 +41,9 @@ def add_arguments(subparsers: Any) -> None:
     p.add_argument("--normals", action="store_true", help="estimate normals")
     p.set_defaults(func=cli_pointcloud)
 
-    f = subparsers.add_parser("fuse", help="TSDF-fuse metric refined depth with camera poses into a mesh (Open3D)")
+
+def add_fuse_arguments(f: argparse.ArgumentParser) -> None:
+    """Arguments of ``sddr fuse INPUT --output MESH [--poses P] [--intrinsics K.json] ...``."""
     f.add_argument("input", type=Path, help="`sddr refine` output folder (metric maps)")
     f.add_argument("--output", type=Path, required=True, help="mesh.ply (or a point cloud with --pointcloud)")
     f.add_argument("--poses", type=Path, default=None,
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "cli_fuse", "cli_pointcloud", "fuse_from_output", "main", "pointcloud_from_output"]
+__all__ = ["add_fuse_arguments", "add_pointcloud_arguments", "cli_fuse", "cli_pointcloud", "fuse_from_output", "main", "pointcloud_from_output"]
 
 if __name__ == "__main__":
     sys.exit(main())

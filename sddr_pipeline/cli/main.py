@@ -8,20 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda`` without
-    one is a clear error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("sddr: --device cuda was requested but torch finds no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise SystemExit(f"sddr: unknown device {name!r} (use auto, cpu or cuda)")
-    return name
+from ..devices import DeviceError, resolve_device
 
 
 def _positive_int(text: str) -> int:
@@ -199,7 +186,6 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_predictors(args: argparse.Namespace) -> int:
-    from .. import predictors as _builtins  # noqa: F401 - registers hf, onnx, python, simulated, torchscript
     from ..registry import PREDICTORS
 
     for name in PREDICTORS.names():
@@ -286,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sizes", type=_positive_int, nargs="+", default=[512, 1024, 2048], help="one-stage square sizes (default: 512 1024 2048)")
     sp.set_defaults(func=cmd_bench_speed)
 
+    from ..integrations import add_arguments as add_integration_arguments
     from ..pipelines.cli import add_bench_pipeline_arguments, add_pipeline_arguments, add_pseudolabel_arguments
-
-    from ..plugins import add_arguments as add_integration_arguments
 
     add_bench_pipeline_arguments(bsub)
     add_pipeline_arguments(sub)
@@ -302,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except DeviceError as exc:
+        raise SystemExit(f"sddr: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Depth predictors, chosen by spec strings (``hf:...``, ``torchscript:...``, ``onnx:...``,
-``python:module:callable``, ``simulated[:k=v,...]``, or any entry-point name)."""
+``python:module:callable``, ``simulated[:k=v,...]``, or any entry-point name).
+
+Each built-in registers its factory where it is defined (``@PREDICTORS.register(name)``);
+:data:`sddr_pipeline.registry.PREDICTORS` imports them on first lookup.
+"""
 from __future__ import annotations
 
 from ..registry import PREDICTORS
@@ -8,16 +12,11 @@ from .base import (
     OutputKind,
     Predictor,
     PredictorError,
+    PredictorFactory,
     PredictorSpec,
     SampleContext,
     working_size,
 )
-
-PREDICTORS.register("hf", "sddr_pipeline.predictors.hf:from_spec")
-PREDICTORS.register("torchscript", "sddr_pipeline.predictors.torchscript:from_spec")
-PREDICTORS.register("onnx", "sddr_pipeline.predictors.onnx:from_spec")
-PREDICTORS.register("python", "sddr_pipeline.predictors.python_callable:from_spec")
-PREDICTORS.register("simulated", "sddr_pipeline.predictors.simulated:from_spec")
 
 
 def get_predictor(spec: str, device: str = "cpu") -> Predictor:
@@ -35,6 +34,7 @@ __all__ = [
     "OutputKind",
     "Predictor",
     "PredictorError",
+    "PredictorFactory",
     "PredictorSpec",
     "SampleContext",
     "get_predictor",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -216,6 +216,10 @@ class PredictorSpec:
         name, sep, arg = head.partition(":")
         options = parse_options(opts)
         return cls(name=name.strip(), arg=arg if sep else None, options=options)
+
+
+PredictorFactory = Callable[[PredictorSpec, str], Predictor]
+"""What a registered predictor name maps to: ``factory(spec, device) -> Predictor``."""
 
 
 def parse_options(text: str) -> dict[str, str]:

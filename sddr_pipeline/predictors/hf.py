@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..registry import PREDICTORS
 from .base import (
     BasePredictor,
     OutputKind,
@@ -204,5 +205,6 @@ class HFDepthPredictor(BasePredictor):
         return group_by_shape(images, run_group)
 
 
+@PREDICTORS.register("hf")
 def from_spec(spec: PredictorSpec, device: str) -> HFDepthPredictor:
     return HFDepthPredictor(spec.arg, device, spec.options)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..registry import PREDICTORS
 from .base import PredictorError, PredictorSpec
 from .common import existing_file, file_digest
 from .torchscript import TensorModelPredictor
@@ -55,5 +56,6 @@ class OnnxPredictor(TensorModelPredictor):
         return self.session.run(None, {self.input_name: batch.numpy()})[0]
 
 
+@PREDICTORS.register("onnx")
 def from_spec(spec: PredictorSpec, device: str) -> OnnxPredictor:
     return OnnxPredictor(existing_file(spec.arg, "onnx"), device, spec.options)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..registry import PREDICTORS
 from .base import (
     BasePredictor,
     OutputKind,
@@ -125,6 +126,7 @@ def _as_array(out: Any) -> np.ndarray:
     return np.asarray(out)
 
 
+@PREDICTORS.register("python")
 def from_spec(spec: PredictorSpec, device: str) -> PythonCallablePredictor:
     if not spec.arg:
         raise PredictorError("python predictor spec must be python:<module>:<callable>")

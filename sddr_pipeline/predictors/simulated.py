@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates
 
+from ..registry import PREDICTORS
 from .base import (
     BasePredictor,
     OutputKind,
@@ -263,6 +264,7 @@ class SimulatedPredictor(BasePredictor):
         return check_output(out, self.name)
 
 
+@PREDICTORS.register("simulated")
 def from_spec(spec: PredictorSpec, device: str) -> SimulatedPredictor:
     options = parse_options(spec.arg or "")
     for key in set(options) & set(spec.options):

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..registry import PREDICTORS
 from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -106,5 +107,6 @@ class TorchScriptPredictor(TensorModelPredictor):
             return self.module(batch.to(self.device))
 
 
+@PREDICTORS.register("torchscript")
 def from_spec(spec: PredictorSpec, device: str) -> TorchScriptPredictor:
     return TorchScriptPredictor(existing_file(spec.arg, "torchscript"), device, spec.options)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import torch.utils.data
 from safetensors.torch import load_file, save
 
+from ..devices import resolve_device
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
 from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
 from ..io.lock import output_lock
@@ -143,15 +144,6 @@ def stage_at(stages: tuple[Stage, ...], step: int) -> Stage:
         if step < end:
             return stage
     return stages[-1]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available")
-    return device
 
 
 # ----------------------------------------------------------------------- validation
@@ -528,7 +520,7 @@ def train(config: TrainConfig, resume: bool = True, progress: Progress | None = 
 
 def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path:
     say = progress or (lambda _line: None)
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     out = config.output_dir
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
