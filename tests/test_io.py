@@ -1,11 +1,14 @@
 """Output files: atomic writes, 16-bit PNG encoding, previews."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from sddr_pipeline.io import atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
 from sddr_pipeline.io.depth_files import encode_png16
+from sddr_pipeline.io.hashing import sha256_files
 
 
 def test_png16_round_trip_within_half_a_step(tmp_path):
@@ -36,6 +39,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_sha256_files_is_sha256sum_of_the_concatenation(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * (3 << 20) + b"tail")  # several read chunks
+    b.write_bytes(b"second")
+    assert sha256_files(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert sha256_files(a, b) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+    assert sha256_files(str(b)) == hashlib.sha256(b"second").hexdigest()
 
 
 def test_remove_temporaries(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..io.hashing import sha256_files
 from .config import PRESETS, RefinerConfig
 from .network import RefinerOutput, SDDRNet
 
@@ -35,14 +36,6 @@ _NO_DEFAULT = (
 
 class RefinerWeightsError(FileNotFoundError):
     """Refiner weights that were asked for do not exist (including the unbundled default)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -158,7 +151,7 @@ class Refiner:
             config = cls._config_from_metadata(path)
         net = SDDRNet(config)
         _load_state(weights_file, net)
-        refiner = cls(net, config, weights_sha256=_sha256(weights_file))
+        refiner = cls(net, config, weights_sha256=sha256_files(weights_file))
         return refiner.to(device, dtype or torch.float32)
 
     @staticmethod
@@ -192,7 +185,7 @@ class Refiner:
         weights_file = folder / WEIGHTS_NAME
         _atomic_write(weights_file, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: config_json}))
         _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config_json + "\n"))
-        self._weights_sha256 = _sha256(weights_file)
+        self._weights_sha256 = sha256_files(weights_file)
         return folder
 
     @property

@@ -2,7 +2,6 @@
 tensor conversion, output resizing and batching of same-size images."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..io.hashing import sha256_files
 from .base import PredictorError, check_image, check_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,12 +47,7 @@ def parse_positive_int(value: str, key: str) -> int:
 
 def file_digest(*paths: Path) -> str:
     """First 12 hex digits of the sha256 of the files' bytes: a version for manifests."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return sha256_files(*paths)[:12]
 
 
 def existing_file(arg: str | None, who: str) -> Path:
