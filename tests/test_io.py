@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from sddr_pipeline.io import atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
+from sddr_pipeline.io import atomic_path, atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
 from sddr_pipeline.io.depth_files import encode_png16
 from sddr_pipeline.io.hashing import sha256_files
 
@@ -39,6 +39,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
+    target = tmp_path / "sub" / "cloud.ply"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".tmp-") and tmp.suffix == ".ply"
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["cloud.ply"]
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "never.bin"):
+        pass  # a writer that wrote nothing is an error, not a silently missing file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
 def test_sha256_files_is_sha256sum_of_the_concatenation(tmp_path):
