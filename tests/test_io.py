@@ -1,6 +1,7 @@
 """Output files: atomic writes, 16-bit PNG encoding, previews."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from sddr_pipeline.io import atomic_path, atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
 from sddr_pipeline.io.depth_files import encode_png16
 from sddr_pipeline.io.hashing import sha256_files
+from sddr_pipeline.io.mappings import check_keys, field_names
 
 
 def test_png16_round_trip_within_half_a_step(tmp_path):
@@ -64,6 +66,28 @@ def test_sha256_files_is_sha256sum_of_the_concatenation(tmp_path):
     assert sha256_files(a) == hashlib.sha256(a.read_bytes()).hexdigest()
     assert sha256_files(a, b) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
     assert sha256_files(str(b)) == hashlib.sha256(b"second").hexdigest()
+
+
+def test_check_keys_names_every_unknown_key_and_the_known_ones():
+    class Bad(RuntimeError):
+        pass
+
+    assert check_keys({"a": 1}, {"a", "b"}, what="demo config") == {"a": 1}
+    with pytest.raises(Bad, match=r"^demo config: unknown key\(s\) loss\.x, loss\.y; known: a, b$"):
+        check_keys({"y": 1, "a": 2, "x": 3}, ["b", "a"], what="demo config", where="loss", error=Bad)
+    with pytest.raises(ValueError, match=r"^tool: unknown option\(s\) 3; known: a$"):
+        check_keys({3: "v"}, {"a"}, what="tool", noun="option")
+    with pytest.raises(ValueError, match=r"^demo config: loss must be a mapping, got list$"):
+        check_keys([1], {"a"}, what="demo config", where="loss")
+
+
+def test_field_names_of_a_dataclass():
+    @dataclasses.dataclass
+    class Demo:
+        a: int = 0
+        b: str = ""
+
+    assert field_names(Demo) == frozenset({"a", "b"})
 
 
 def test_remove_temporaries(tmp_path):

@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..io.hashing import sha256_files
+from ..io.mappings import check_keys
 from .base import PredictorError, check_image, check_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 def check_options(options: dict[str, str], allowed: frozenset[str], who: str) -> None:
     """Fail on option keys the predictor does not know, listing the ones it does."""
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise PredictorError(f"{who}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    check_keys(options, allowed, what=who, noun="option", error=PredictorError)
 
 
 def parse_triplet(value: str, key: str) -> tuple[float, float, float]:
