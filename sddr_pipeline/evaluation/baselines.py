@@ -12,10 +12,11 @@ restored exactly like SDDR's output.
 """
 from __future__ import annotations
 
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter
 
 from ..inference.alignment import align_least_squares
 
@@ -77,28 +78,17 @@ def freq_merge(low: np.ndarray, high: np.ndarray, size: tuple[int, int]) -> np.n
     return out.astype(np.float32)
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter: ``q = mean(a) * guide + mean(b)`` with per-window
-    ``a = cov(guide, src) / (var(guide) + eps)``, ``b = mean(src) - a mean(guide)``;
-    box windows of (2r+1)^2 px, replicated borders."""
-    def box(x: np.ndarray) -> np.ndarray:
-        return uniform_filter(x, size=2 * radius + 1, mode="nearest")
-
-    mean_i, mean_p = box(guide), box(src)
-    cov = box(guide * src) - mean_i * mean_p
-    var = box(guide * guide) - mean_i * mean_i
-    a = cov / (np.maximum(var, 0.0) + eps)
-    b = mean_p - a * mean_i
-    return box(a) * guide + box(b)
-
-
 def guided_fusion(
     low: np.ndarray, high: np.ndarray, size: tuple[int, int], radius: int | None = None, eps: float = GUIDED_EPS
 ) -> np.ndarray:
     """Guided-filter fusion at ``size``: input = low upsampled (bicubic), guide = high
     aligned to it; both min-max normalised by the low map's range so ``eps`` is unit-free
     (default :data:`GUIDED_EPS`), result returned in the low map's units. ``radius``
-    defaults to :func:`guided_radius`."""
+    defaults to :func:`guided_radius`.
+
+    The filter is He et al.'s, ``kornia.filters.guided_blur`` in float64 with box windows
+    of (2 * radius + 1)^2 px and replicated borders: ``q = mean(a) * guide + mean(b)``,
+    ``a = cov(guide, src) / (var(guide) + eps)``, ``b = mean(src) - a * mean(guide)``."""
     size = (int(size[0]), int(size[1]))
     _check(low, high, size)
     if eps <= 0:
@@ -109,5 +99,7 @@ def guided_fusion(
     lo, hi = _aligned_pair(low, high, size)
     vmin, span = float(lo.min()), float(lo.max() - lo.min())
     span = span if span > 0 else 1.0
-    out = guided_filter((hi - vmin) / span, (lo - vmin) / span, r, eps)
+    guide = torch.from_numpy((hi - vmin) / span)[None, None]
+    src = torch.from_numpy((lo - vmin) / span)[None, None]
+    out = kornia.filters.guided_blur(guide, src, 2 * r + 1, eps, border_type="replicate", separable=True)[0, 0].numpy()
     return (out * span + vmin).astype(np.float32)
