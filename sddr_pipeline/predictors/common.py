@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..io.hashing import sha256_files
 from ..io.mappings import check_keys
-from .base import PredictorError, check_image, check_output
+from .base import BasePredictor, PredictorError, SampleContext, check_image, check_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,3 +108,24 @@ def group_by_shape(
         for i, pred in zip(indices, run(indices)):
             results[i] = pred
     return results  # type: ignore[return-value]
+
+
+class SameShapeBatchPredictor(BasePredictor):
+    """A model that runs on batches of same-shape images: subclasses implement
+    :meth:`predict_same_shape`; :meth:`predict` is a batch of one and :meth:`predict_batch`
+    runs each group of same-shape images as one batch, returning maps in input order."""
+
+    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
+        return self.predict_batch([image], resolution, [context])[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        resolution: int,
+        contexts: Sequence[SampleContext | None] | None = None,
+    ) -> list[np.ndarray]:
+        return group_by_shape(images, lambda indices: self.predict_same_shape([images[i] for i in indices], resolution))
+
+    def predict_same_shape(self, images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
+        """Working-resolution maps of ``images``, which all have the same shape."""
+        raise NotImplementedError
