@@ -26,7 +26,7 @@ def edge_map(x: torch.Tensor, bilateral: bool = True) -> torch.Tensor:
     x_p)^2 / 2 sigma_color^2)`` over the window, normalised per pixel (one channel, so
     kornia's l1/l2 colour distances are the same). On the CPU kornia loops over the 25
     taps (a few copies of the map); on CUDA it unfolds the windows, about three
-    temporaries of 25x the map (~2.4 GB at 3840x2160).
+    temporaries of 25x the map (about 2.4 GiB at 3840x2160).
     """
     x = x.float()
     if bilateral:
