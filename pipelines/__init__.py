@@ -10,8 +10,7 @@ Attributes are imported lazily: Ray is only imported when a pipeline runs.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from sddr_pipeline.lazy import lazy_attributes
 
 _LAZY = {
     "run_refine_pipeline": "refine",
@@ -38,16 +37,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()}, globals())
 
 
 __all__ = sorted(_LAZY)

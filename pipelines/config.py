@@ -16,6 +16,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 from sddr_pipeline.inference.options import MODES, check_range_clamp
+from sddr_pipeline.io.mappings import check_keys, field_names
 
 from .inputs import INPUT_KINDS
 
@@ -209,24 +210,13 @@ class PseudoLabelPipelineConfig(PipelineConfig):
 
 def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
     """``cls`` from a mapping (YAML content plus overrides), with unknown keys refused."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"a pipeline config must be a mapping, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    kwargs = dict(values)
+    kwargs = check_keys(values, field_names(cls), what="pipeline config", noun="setting", error=ConfigError)
     ray_values = kwargs.pop("ray", None) or {}
     if isinstance(ray_values, RayConfig):
         ray_cfg = ray_values
     else:
-        if not isinstance(ray_values, Mapping):
-            raise ConfigError("ray: must be a mapping")
-        ray_names = {f.name for f in dataclasses.fields(RayConfig)}
-        bad = sorted(set(ray_values) - ray_names)
-        if bad:
-            raise ConfigError(f"unknown ray setting(s) {', '.join(bad)}; valid: {', '.join(sorted(ray_names))}")
-        ray_cfg = RayConfig(**ray_values)
+        ray_cfg = RayConfig(**check_keys(ray_values, field_names(RayConfig), what="pipeline config", where="ray",
+                                         noun="setting", error=ConfigError))
     for key in ("gpus_per_actor", "cpus_per_actor", "read_cpus", "max_failed_share", "stall_timeout_s", "top",
                 "io_retry_timeout_s"):
         if _is_int(kwargs.get(key)):

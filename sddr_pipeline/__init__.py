@@ -12,8 +12,7 @@ Heavy optional dependencies (ray, open3d, pycolmap, s3fs) are never imported her
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -34,17 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, _, attr = _LAZY[name].partition(":")
-        value = getattr(import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'sddr_pipeline' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["__version__", *_LAZY]

@@ -17,7 +17,6 @@ INPUT is refused, and one OUTPUT has one writer at a time (``.sddr.lock``).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import sys
 import time
@@ -35,6 +34,7 @@ from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, sav
 from .io.depth_files import PNG16_ENCODING
 from .io.lock import holding_output_lock, is_lock_file
 from .io.names import UnsafeNameError, check_name
+from .io.timestamps import utc_now
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
@@ -61,10 +61,6 @@ class JobReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _safe_name(sample) -> str:
@@ -128,7 +124,7 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool, source: s
     output.mkdir(parents=True, exist_ok=True)
     return {
         "sddr_pipeline": __version__,
-        "created": _now(),
+        "created": utc_now(),
         **identity,
         "outputs": {
             "depth_npy": "depth/<name>.npy: float32 HxW at the input's resolution, in each image's `space` (depth or disparity) and units (`metric`: metres or 1/metres; else the predictor's relative units)",
@@ -345,7 +341,7 @@ def _write_outputs(out: Path, name: str, sample, image: np.ndarray, result, save
 
 def _save_manifest(out: Path, manifest: dict, report: JobReport, t_start: float) -> None:
     images = manifest["images"]
-    manifest["updated"] = _now()
+    manifest["updated"] = utc_now()
     manifest["counts"] = {
         "done": sum(1 for e in images.values() if e.get("status") == "done"),
         "failed": sum(1 for e in images.values() if e.get("status") == "failed"),

@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+import kornia
+import torch
 
 from sddr_pipeline.evaluation import METHODS, METRIC_KEYS, evaluate_dataset, format_table, freq_merge, guided_fusion
-from sddr_pipeline.evaluation.baselines import freq_sigma, guided_radius
+from sddr_pipeline.evaluation.baselines import freq_sigma, guided_filter, guided_radius
 from sddr_pipeline.cli.main import main
 from sddr_pipeline.evaluation.runner import aggregate
 from sddr_pipeline.models import Refiner
+
+
+REAL_IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "tsdf_sample.png"
 
 
 def scene(h: int = 60, w: int = 80) -> np.ndarray:
@@ -58,6 +64,20 @@ def test_guided_with_identical_maps_is_close_to_low():
     span = float(low.max() - low.min())
     assert np.abs(out - low).max() < 0.05 * span
     assert np.abs(out - low).mean() < 0.01 * span
+
+
+@pytest.mark.parametrize("radius, eps", [(1, 1e-3), (4, 1e-3), (8, 1e-4), (3, 0.1)])
+def test_guided_filter_matches_kornia(radius, eps):
+    """The scipy guided filter against kornia's guided_blur (kernel 2r+1, replicate border,
+    float64), on random maps and on a real image (luminance) with a blurred copy."""
+    rng = np.random.default_rng(radius)
+    real = np.asarray(Image.open(REAL_IMAGE).convert("L"), dtype=np.float64)[120:360, 660:1140] / 255.0
+    blurred = np.asarray(Image.fromarray((real * 255).astype(np.uint8)).resize((120, 60)).resize((480, 240)), np.float64) / 255
+    for src, guide in [(rng.random((37, 53)), rng.random((37, 53))), (blurred, real)]:
+        ours = guided_filter(guide, src, radius, eps)
+        theirs = kornia.filters.guided_blur(torch.from_numpy(guide)[None, None], torch.from_numpy(src)[None, None],
+                                            2 * radius + 1, eps, border_type="replicate")[0, 0].numpy()
+        assert np.abs(ours - theirs).max() <= 1e-10
 
 
 def test_baselines_reject_bad_input():

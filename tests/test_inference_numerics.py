@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from sddr_pipeline.inference.alignment import (
-    align_gradient,
     align_gradient_batch,
     align_least_squares,
     align_robust,
@@ -112,33 +111,33 @@ def test_robust_fit_ignores_outliers():
 
 def test_gradient_alignment_matches_gradients_not_values():
     g = torch.Generator().manual_seed(2)
-    src = torch.rand(40, 40, generator=g, dtype=torch.float64)
-    ref = 3.0 * src + 5.0
-    a, b = align_gradient(src, ref)
-    assert a == pytest.approx(3.0, abs=1e-12) and b == pytest.approx(5.0, abs=1e-12)
+    src = torch.rand(1, 1, 40, 40, generator=g, dtype=torch.float64)
+    scale, shift = align_gradient_batch(src, 3.0 * src + 5.0)
+    assert scale.item() == pytest.approx(3.0, abs=1e-12) and shift.item() == pytest.approx(5.0, abs=1e-12)
     # a smooth bias in ref (a low-frequency ramp) barely changes the gradient fit's scale
     ramp = torch.linspace(0, 0.01, 40, dtype=torch.float64)[None, :].expand(40, 40)
-    a2, _ = align_gradient(src, 3.0 * src + ramp)
-    assert a2 == pytest.approx(3.0, abs=0.01)
+    scale2, _ = align_gradient_batch(src, 3.0 * src + ramp)
+    assert scale2.item() == pytest.approx(3.0, abs=0.01)
 
 
-def test_gradient_alignment_falls_back_for_flat_source():
-    src = torch.full((8, 8), 2.0)
-    ref = torch.rand(8, 8, generator=torch.Generator().manual_seed(3))
-    a, b = align_gradient(src, ref)
-    assert a == 1.0 and b == pytest.approx(float(ref.double().mean()) - 2.0)
-
-
-def test_gradient_alignment_batch_matches_scalar():
+def test_gradient_alignment_falls_back_to_values_per_sample():
     g = torch.Generator().manual_seed(4)
-    src = torch.rand(3, 1, 16, 20, generator=g, dtype=torch.float64)
-    ref = torch.stack([2 * src[0] + 1, -1 * src[1], src[2] * 0 + 4.0])
+    src = torch.rand(4, 1, 16, 20, generator=g, dtype=torch.float64)
+    src[3] = 2.0  # flat: no gradient, no variance
+    ref = torch.stack([2 * src[0] + 1, -1 * src[1], src[2] * 0 + 4.0, torch.rand(1, 16, 20, generator=g, dtype=torch.float64)])
     scale, shift = align_gradient_batch(src, ref)
-    for i in range(3):
-        a, b = align_gradient(src[i], ref[i])
-        assert scale[i].item() == pytest.approx(a, abs=1e-9)
-        assert shift[i].item() == pytest.approx(b, abs=1e-9)
     assert scale[0].item() == pytest.approx(2.0) and shift[0].item() == pytest.approx(1.0)
+    # non-positive gradient fits fall back to value least squares: -1 for a flipped map, 0 for a flat ref
+    for i in (1, 2):
+        a, b = align_least_squares(src[i], ref[i])
+        assert scale[i].item() == pytest.approx(a, abs=1e-9) and shift[i].item() == pytest.approx(b, abs=1e-9)
+    assert scale[1].item() == pytest.approx(-1.0) and scale[2].item() == pytest.approx(0.0, abs=1e-12)
+    assert scale[3].item() == 1.0 and shift[3].item() == pytest.approx(float(ref[3].mean()) - 2.0)
+    # each sample's fit is its own: a batch of one gives the same numbers
+    for i in range(4):
+        one = align_gradient_batch(src[i : i + 1], ref[i : i + 1])
+        assert one[0].item() == pytest.approx(scale[i].item(), abs=1e-12)
+        assert one[1].item() == pytest.approx(shift[i].item(), abs=1e-12)
 
 
 def test_axis_windows_exact_layout():

@@ -1,11 +1,16 @@
 """Output files: atomic writes, 16-bit PNG encoding, previews."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import numpy as np
 import pytest
 
-from sddr_pipeline.io import atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
+from sddr_pipeline.io import atomic_path, atomic_write, colorize, read_png16, remove_temporaries, save_npy, save_png16, save_preview
 from sddr_pipeline.io.depth_files import encode_png16
+from sddr_pipeline.io.hashing import sha256_files
+from sddr_pipeline.io.mappings import check_keys, field_names
 
 
 def test_png16_round_trip_within_half_a_step(tmp_path):
@@ -36,6 +41,53 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
+    target = tmp_path / "sub" / "cloud.ply"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".tmp-") and tmp.suffix == ".ply"
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["cloud.ply"]
+    with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "never.bin"):
+        pass  # a writer that wrote nothing is an error, not a silently missing file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_sha256_files_is_sha256sum_of_the_concatenation(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * (3 << 20) + b"tail")  # several read chunks
+    b.write_bytes(b"second")
+    assert sha256_files(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert sha256_files(a, b) == hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+    assert sha256_files(str(b)) == hashlib.sha256(b"second").hexdigest()
+
+
+def test_check_keys_names_every_unknown_key_and_the_known_ones():
+    class Bad(RuntimeError):
+        pass
+
+    assert check_keys({"a": 1}, {"a", "b"}, what="demo config") == {"a": 1}
+    with pytest.raises(Bad, match=r"^demo config: unknown key\(s\) loss\.x, loss\.y; known: a, b$"):
+        check_keys({"y": 1, "a": 2, "x": 3}, ["b", "a"], what="demo config", where="loss", error=Bad)
+    with pytest.raises(ValueError, match=r"^tool: unknown option\(s\) 3; known: a$"):
+        check_keys({3: "v"}, {"a"}, what="tool", noun="option")
+    with pytest.raises(ValueError, match=r"^demo config: loss must be a mapping, got list$"):
+        check_keys([1], {"a"}, what="demo config", where="loss")
+
+
+def test_field_names_of_a_dataclass():
+    @dataclasses.dataclass
+    class Demo:
+        a: int = 0
+        b: str = ""
+
+    assert field_names(Demo) == frozenset({"a", "b"})
 
 
 def test_remove_temporaries(tmp_path):

@@ -94,7 +94,7 @@ def test_dataset_round_trip(tmp_path):
     np.testing.assert_array_equal(sample.image(), first.rgb)
     np.testing.assert_array_equal(sample.intrinsics, first.intrinsics)
     assert sample.gt_kind == "depth"
-    assert not list(root.rglob("*.tmp"))
+    assert not list(root.rglob(".tmp-*"))
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path):

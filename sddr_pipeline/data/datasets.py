@@ -26,6 +26,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from ..geometry.intrinsics import finite_3x3
 from ..predictors.base import SampleContext
 from .images import (
     IMAGE_EXTENSIONS,
@@ -61,13 +62,7 @@ class DatasetError(ValueError):
 
 def _as_intrinsics(value: Any, where: str) -> np.ndarray:
     """A 3x3 float64 K from a 3x3 nested list/array, or fail naming ``where``."""
-    try:
-        K = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{where}: intrinsics are not numeric ({exc})") from exc
-    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
-        raise DatasetError(f"{where}: intrinsics must be a finite 3x3 matrix, got shape {K.shape}")
-    return K
+    return finite_3x3(value, f"{where}: intrinsics", DatasetError)
 
 
 def intrinsics_from_fxfycxcy(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from ..io.atomic import atomic_write
 
 KINDS = ("wall", "ground", "card", "slanted", "box", "sphere", "pole", "wire")
 
@@ -417,18 +418,6 @@ def make_scene(height: int = 384, width: int = 512, seed: int = 0) -> SyntheticS
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic_dataset(
     root: str | os.PathLike,
     count: int,
@@ -464,8 +453,8 @@ def write_synthetic_dataset(
         scene_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         scene = make_scene(height, width, scene_seed)
         name = f"{i:05d}"
-        _atomic_write(root / "rgb" / f"{name}.png", lambda fh: Image.fromarray(scene.rgb).save(fh, format="PNG"))
-        _atomic_write(root / "gt" / f"{name}.npy", lambda fh: np.save(fh, scene.depth))
+        atomic_write(root / "rgb" / f"{name}.png", lambda fh: Image.fromarray(scene.rgb).save(fh, format="PNG"))
+        atomic_write(root / "gt" / f"{name}.npy", lambda fh: np.save(fh, scene.depth))
         intrinsics[name] = scene.intrinsics.tolist()
     spec = {
         "gt_kind": "depth",
@@ -474,5 +463,5 @@ def write_synthetic_dataset(
         "generator": {"module": __name__, "count": count, "height": height, "width": width, "seed": seed},
     }
     text = json.dumps(spec, indent=1).encode("utf-8")
-    _atomic_write(root / "dataset.json", lambda fh: fh.write(text))
+    atomic_write(root / "dataset.json", lambda fh: fh.write(text))
     return root

@@ -8,20 +8,10 @@ from .pseudolabels import (
     LabelWriter,
     PseudoLabel,
     PseudoLabelRun,
+    __all__,
     cluster_masks,
     make_pseudo_label,
     read_label_files,
     write_label_files,
     write_pseudo_labels,
 )
-
-__all__ = [
-    "LabelWriter",
-    "PseudoLabel",
-    "PseudoLabelRun",
-    "cluster_masks",
-    "make_pseudo_label",
-    "read_label_files",
-    "write_label_files",
-    "write_pseudo_labels",
-]

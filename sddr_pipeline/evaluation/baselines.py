@@ -80,7 +80,12 @@ def freq_merge(low: np.ndarray, high: np.ndarray, size: tuple[int, int]) -> np.n
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """He et al.'s guided filter: ``q = mean(a) * guide + mean(b)`` with per-window
     ``a = cov(guide, src) / (var(guide) + eps)``, ``b = mean(src) - a mean(guide)``;
-    box windows of (2r+1)^2 px, replicated borders."""
+    box windows of (2r+1)^2 px, replicated borders.
+
+    ``kornia.filters.guided_blur`` (kernel 2r+1, ``border_type="replicate"``, float64)
+    computes the same to 1e-12 (``tests/test_eval.py``) but took 6.5x as long on CPU
+    (3.2 s against 0.49 s at 1024x768, r=8, one thread): scipy's running box sums stay,
+    since every evaluated image runs this baseline."""
     def box(x: np.ndarray) -> np.ndarray:
         return uniform_filter(x, size=2 * radius + 1, mode="nearest")
 
@@ -98,7 +103,7 @@ def guided_fusion(
     """Guided-filter fusion at ``size``: input = low upsampled (bicubic), guide = high
     aligned to it; both min-max normalised by the low map's range so ``eps`` is unit-free
     (default :data:`GUIDED_EPS`), result returned in the low map's units. ``radius``
-    defaults to :func:`guided_radius`."""
+    defaults to :func:`guided_radius`; the filter is :func:`guided_filter`."""
     size = (int(size[0]), int(size[1]))
     _check(low, high, size)
     if eps <= 0:

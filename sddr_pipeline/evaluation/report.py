@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..io import atomic_write_bytes, colorize
 from . import metrics as M
+from .runner import METHOD_LABELS
 
 PANEL_METHODS: tuple[str, ...] = ("low", "high", "sddr_one_stage", "sddr_two_stage")
 ERROR_RANGE = (0.0, 0.25)
@@ -42,14 +43,6 @@ MUTED = (160, 160, 160)
 GT_EDGE = np.array([40, 220, 40], np.uint8)
 PRED_EDGE = np.array([255, 40, 255], np.uint8)
 BOTH_EDGE = np.array([255, 255, 255], np.uint8)
-LABELS: dict[str, str] = {
-    "low": "low",
-    "high": "high",
-    "freq_merge": "freq merge",
-    "guided": "guided filter",
-    "sddr_one_stage": "SDDR one-stage",
-    "sddr_two_stage": "SDDR two-stage",
-}
 _TABLE_FORMAT: dict[str, str] = {"rel": "{:.4f}", "rmse": "{:.4f}", "ord": "{:.4f}", "d3r": "{:.4f}", "bf1": "{:.4f}"}
 _HEADERS: dict[str, str] = {
     "delta1": "δ1↑", "delta2": "δ2↑", "delta3": "δ3↑", "rel": "REL↓", "rmse": "RMSE↓",
@@ -180,7 +173,7 @@ def render_panel(
             edges = _message_tile((th, tw), "edge metrics need dense GT")
             edge_caption = "edges: undefined"
         columns.append([
-            (LABELS.get(m, m), f"d1 {_fmt(sc['delta1'])}  REL {_fmt(sc['rel'], 4)}", shrink_rgb(disp, (th, tw))),
+            (METHOD_LABELS.get(m, m), f"d1 {_fmt(sc['delta1'])}  REL {_fmt(sc['rel'], 4)}", shrink_rgb(disp, (th, tw))),
             ("abs rel error", f"ORD {_fmt(sc['ord'], 3)}  D3R {_fmt(sc['d3r'], 3)}", shrink_rgb(err, (th, tw), ref.valid)),
             ("edges", edge_caption, edges),
         ])
@@ -240,7 +233,7 @@ def metrics_table(rows: dict[str, dict[str, Any]], total: int | None = None) -> 
             _cell(r.get(k), k, counts.get(k) if total else None, total or 0, shown(k, r.get(k)) == best.get(k, math.nan))
             for k in M.METRIC_KEYS
         )
-        body.append(f"<tr><th class='m'>{html.escape(LABELS.get(name, name))}</th>{cells}</tr>")
+        body.append(f"<tr><th class='m'>{html.escape(METHOD_LABELS.get(name, name))}</th>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(body)}</table>"
 
 

@@ -35,6 +35,7 @@ from . import metrics as M
 from .baselines import GUIDED_EPS, freq_merge, guided_fusion
 
 METHODS: tuple[str, ...] = ("low", "high", "freq_merge", "guided", "sddr_one_stage", "sddr_two_stage")
+#: Display names of :data:`METHODS` (the HTML report's captions and table rows).
 METHOD_LABELS: dict[str, str] = {
     "low": "low",
     "high": "high",

@@ -28,6 +28,18 @@ class IntrinsicsError(ValueError):
     """Intrinsics could not be read or do not fit the depth map they are used with."""
 
 
+def finite_3x3(value: Any, what: str, error: type[Exception] = IntrinsicsError) -> np.ndarray:
+    """``value`` (nested lists or an array) as a finite 3x3 float64 matrix, else ``error``
+    naming ``what``."""
+    try:
+        matrix = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} must be numeric ({exc})") from exc
+    if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
+        raise error(f"{what} must be a finite 3x3 matrix, got shape {matrix.shape}")
+    return matrix
+
+
 @dataclass(frozen=True)
 class Intrinsics:
     """Pinhole intrinsics in the integer-pixel-centre convention, optionally with the
@@ -59,12 +71,7 @@ class Intrinsics:
     @classmethod
     def from_matrix(cls, K: Any, width: int | None = None, height: int | None = None) -> "Intrinsics":
         """From a 3x3 K (zero skew) in the integer-pixel-centre convention."""
-        try:
-            M = np.asarray(K, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise IntrinsicsError(f"K is not numeric ({exc})") from exc
-        if M.shape != (3, 3) or not np.all(np.isfinite(M)):
-            raise IntrinsicsError(f"K must be a finite 3x3 matrix, got shape {M.shape}")
+        M = finite_3x3(K, "K", IntrinsicsError)
         if abs(M[0, 1]) > 1e-9 * abs(M[0, 0]) or not np.allclose(M[2], [0, 0, 1]) or M[1, 0] or M[0, 0] == 0:
             raise IntrinsicsError(f"K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], got {M.tolist()}")
         return cls(float(M[0, 0]), float(M[1, 1]), float(M[0, 2]), float(M[1, 2]), width, height)

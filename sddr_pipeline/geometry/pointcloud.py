@@ -9,16 +9,14 @@ refused with :class:`RelativeDepthError`; give it a scale reference first.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..io.atomic import TMP_PREFIX
+from ..io.atomic import atomic_path
 from .intrinsics import Intrinsics, IntrinsicsError, intrinsics_from_sample, load_intrinsics
 
 OPEN3D_HINT = (
@@ -224,17 +222,11 @@ def estimate_normals(
     return from_open3d(pcd)
 
 
-def _atomic_o3d_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
+def _atomic_o3d_write(path: Path, write: Callable[[str], bool]) -> Path:
+    """``write(file_name)`` (an Open3D writer, False on failure) into ``path`` atomically."""
+    with atomic_path(path) as tmp:
         if not write(str(tmp)):
             raise OSError(f"Open3D could not write {path}")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

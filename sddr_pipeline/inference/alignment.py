@@ -1,8 +1,9 @@
 """Scale/shift alignment of one map to another: plain, robust, and in the gradient domain.
 
-All functions take tensors of the same shape (any leading dims) and an optional boolean
+The value fits take tensors of the same shape (any leading dims) and an optional boolean
 mask of valid pixels, and return Python floats ``(scale, shift)`` such that
-``scale * src + shift`` approximates ``ref``. Sums are accumulated in float64.
+``scale * src + shift`` approximates ``ref``; :func:`align_gradient_batch` returns one
+such pair per sample of a batch, as tensors. Sums are accumulated in float64.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from ..models.fusion import gaussian_blur
 
 __all__ = [
-    "align_gradient", "align_gradient_batch", "align_least_squares", "align_robust", "fit_sparse_depth", "forward_gradients",
-    "gaussian_blur", "sample_nearest",
+    "align_gradient_batch", "align_least_squares", "align_robust", "fit_sparse_depth", "forward_gradients", "gaussian_blur",
+    "sample_nearest",
 ]
 
 _EPS = 1e-12
@@ -89,37 +90,16 @@ def forward_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
 
 
-def align_gradient(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
-    """Scale fitted in the GRADIENT domain, shift from the values.
-
-    ``scale = <grad src, grad ref> / <grad src, grad src>`` over gradient pairs whose two
-    pixels are both valid; ``shift = mean(ref - scale * src)``. Matching gradients, not
-    values, keeps a window's edges from being bent to the blurry estimate it is aligned
-    to. When ``src`` is flat or the fitted scale is not positive, it falls back to
-    :func:`align_least_squares` on values.
-    """
-    gxs, gys = forward_gradients(src.double())
-    gxr, gyr = forward_gradients(ref.double())
-    if mask is not None:
-        m = mask.bool()
-        mx = m[..., :, 1:] & m[..., :, :-1]
-        my = m[..., 1:, :] & m[..., :-1, :]
-        gxs, gxr = gxs[mx], gxr[mx]
-        gys, gyr = gys[my], gyr[my]
-    num = float((gxs * gxr).sum() + (gys * gyr).sum())
-    den = float((gxs * gxs).sum() + (gys * gys).sum())
-    if den <= _EPS or num <= 0:
-        return align_least_squares(src, ref, mask)
-    scale = num / den
-    s, r = _masked(src, ref, mask)
-    return scale, float((r - scale * s).mean())
-
-
 def align_gradient_batch(
     src: torch.Tensor, ref: torch.Tensor, sigma: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`align_gradient` for a batch (Bx1xHxW), computed on the tensors' device with
-    no host synchronisation; returns ``(scale, shift)`` tensors of shape B.
+    """Per sample of a batch (Bx1xHxW): scale fitted in the GRADIENT domain, shift from the
+    values; computed on the tensors' device with no host synchronisation, returns
+    ``(scale, shift)`` tensors of shape B.
+
+    ``scale = <grad src, grad ref> / <grad src, grad src>`` (forward differences),
+    ``shift = mean(ref) - scale * mean(src)``. Matching gradients, not values, keeps a
+    window's edges from being bent to the blurry estimate it is aligned to.
 
     ``sigma`` > 0 blurs both maps with a Gaussian of that many pixels before taking
     gradients. Without it a sharp window result fitted to a blurry estimate gets far too
@@ -127,7 +107,7 @@ def align_gradient_batch(
     over several in ``ref``); at a common blur both edges have the same profile, while
     the fit still ignores the low-frequency offsets the gradient domain is meant to skip.
     Where a sample's gradient fit is degenerate (flat ``src`` or non-positive scale) it
-    falls back to the value least-squares fit, as the scalar version does.
+    falls back to the value least-squares fit (scale 1 for a flat ``src``).
     """
     s = src.double().flatten(1)
     r = ref.double().flatten(1)

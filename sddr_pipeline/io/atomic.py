@@ -9,33 +9,47 @@ import io
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 TMP_PREFIX = ".tmp-"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+def _fsync(path: Path) -> None:
+    with open(path, "r+b") as f:  # a writable handle: Windows' fsync refuses read-only ones
+        os.fsync(f.fileno())
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place."""
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers that pick a format
+    by extension still work) for the caller to write; on success it is synced and renamed
+    onto ``path``, on any exception removed. For writers that want a file name (Open3D,
+    safetensors); :func:`atomic_write` is the file-object form."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: Path, obj: object) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], object]) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path`` and rename it into place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 

@@ -9,7 +9,6 @@ naming it. The lock is removed on release only if it is still ours.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import inspect
 import json
@@ -19,6 +18,8 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
+
+from .timestamps import utc_now
 
 LOCK_NAME = ".sddr.lock"
 _ATTEMPTS = 5
@@ -34,7 +35,7 @@ def _holder() -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": utc_now(),
         "token": uuid.uuid4().hex,
     }
 

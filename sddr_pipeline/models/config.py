@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..inference.options import RANGE_CLAMP, check_range_clamp
+from ..io.mappings import check_keys, field_names
 
 #: Stride of the stem in front of the MiT encoder (its input is the 1/4-scale stem feature).
 STEM_STRIDE = 4
@@ -178,13 +179,7 @@ class RefinerConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RefinerConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error (they would be silently ignored)."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a refiner config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown refiner config keys: {unknown}")
-        return cls(**dict(data))
+        return cls(**check_keys(data, field_names(cls), what="refiner config"))
 
     @classmethod
     def from_json(cls, text: str) -> "RefinerConfig":

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..io.atomic import atomic_path, atomic_write_bytes
+from ..io.hashing import sha256_files
 from .config import PRESETS, RefinerConfig
 from .network import RefinerOutput, SDDRNet
 
@@ -35,26 +35,6 @@ _NO_DEFAULT = (
 
 class RefinerWeightsError(FileNotFoundError):
     """Refiner weights that were asked for do not exist (including the unbundled default)."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_state(path: Path, net: SDDRNet) -> None:
@@ -158,7 +138,7 @@ class Refiner:
             config = cls._config_from_metadata(path)
         net = SDDRNet(config)
         _load_state(weights_file, net)
-        refiner = cls(net, config, weights_sha256=_sha256(weights_file))
+        refiner = cls(net, config, weights_sha256=sha256_files(weights_file))
         return refiner.to(device, dtype or torch.float32)
 
     @staticmethod
@@ -190,9 +170,10 @@ class Refiner:
         }
         config_json = self.config.to_json()
         weights_file = folder / WEIGHTS_NAME
-        _atomic_write(weights_file, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: config_json}))
-        _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config_json + "\n"))
-        self._weights_sha256 = _sha256(weights_file)
+        with atomic_path(weights_file) as tmp:
+            save_file(state, tmp, metadata={METADATA_KEY: config_json})
+        atomic_write_bytes(folder / CONFIG_NAME, (config_json + "\n").encode())
+        self._weights_sha256 = sha256_files(weights_file)
         return folder
 
     @property

@@ -2,7 +2,6 @@
 tensor conversion, output resizing and batching of same-size images."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -11,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import PredictorError, check_image, check_output
+from ..io.hashing import sha256_files
+from ..io.mappings import check_keys
+from .base import BasePredictor, PredictorError, SampleContext, check_image, check_output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 def check_options(options: dict[str, str], allowed: frozenset[str], who: str) -> None:
     """Fail on option keys the predictor does not know, listing the ones it does."""
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise PredictorError(f"{who}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    check_keys(options, allowed, what=who, noun="option", error=PredictorError)
 
 
 def parse_triplet(value: str, key: str) -> tuple[float, float, float]:
@@ -47,12 +46,7 @@ def parse_positive_int(value: str, key: str) -> int:
 
 def file_digest(*paths: Path) -> str:
     """First 12 hex digits of the sha256 of the files' bytes: a version for manifests."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return sha256_files(*paths)[:12]
 
 
 def existing_file(arg: str | None, who: str) -> Path:
@@ -114,3 +108,24 @@ def group_by_shape(
         for i, pred in zip(indices, run(indices)):
             results[i] = pred
     return results  # type: ignore[return-value]
+
+
+class SameShapeBatchPredictor(BasePredictor):
+    """A model that runs on batches of same-shape images: subclasses implement
+    :meth:`predict_same_shape`; :meth:`predict` is a batch of one and :meth:`predict_batch`
+    runs each group of same-shape images as one batch, returning maps in input order."""
+
+    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
+        return self.predict_batch([image], resolution, [context])[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        resolution: int,
+        contexts: Sequence[SampleContext | None] | None = None,
+    ) -> list[np.ndarray]:
+        return group_by_shape(images, lambda indices: self.predict_same_shape([images[i] for i in indices], resolution))
+
+    def predict_same_shape(self, images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
+        """Working-resolution maps of ``images``, which all have the same shape."""
+        raise NotImplementedError

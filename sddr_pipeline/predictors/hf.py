@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,19 +34,17 @@ from PIL import Image
 
 from ..registry import PREDICTORS
 from .base import (
-    BasePredictor,
     OutputKind,
     PredictorError,
     PredictorSpec,
-    SampleContext,
     working_size,
 )
 from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SameShapeBatchPredictor,
     check_options,
     file_digest,
-    group_by_shape,
     maps_to_size,
     resize_image,
     to_tensor,
@@ -132,7 +130,7 @@ def _weights_version(config: Any, source: str, local: bool) -> str | None:
     return None
 
 
-class HFDepthPredictor(BasePredictor):
+class HFDepthPredictor(SameShapeBatchPredictor):
     """A transformers depth model run at any working resolution."""
 
     def __init__(self, arg: str | None, device: str, options: dict[str, str]) -> None:
@@ -184,25 +182,14 @@ class HFDepthPredictor(BasePredictor):
         size = working_size(height, width, resolution, self.multiple)
         return size, size
 
-    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
-        return self.predict_batch([image], resolution, [context])[0]
-
-    def predict_batch(
-        self,
-        images: Sequence[np.ndarray],
-        resolution: int,
-        contexts: Sequence[SampleContext | None] | None = None,
-    ) -> list[np.ndarray]:
-        def run_group(indices: list[int]) -> list[np.ndarray]:
-            h, w = images[indices[0]].shape[:2]
-            in_size, out_size = self.input_size(h, w, resolution)
-            resized = [resize_image(images[i], in_size, Image.BICUBIC) for i in indices]
-            batch = to_tensor(resized, self.mean, self.std, self.scale).to(self.device, self.dtype)
-            with torch.inference_mode():
-                pred = self.model(pixel_values=batch).predicted_depth
-            return maps_to_size(pred.float(), out_size, self.name)
-
-        return group_by_shape(images, run_group)
+    def predict_same_shape(self, images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
+        h, w = images[0].shape[:2]
+        in_size, out_size = self.input_size(h, w, resolution)
+        resized = [resize_image(image, in_size, Image.BICUBIC) for image in images]
+        batch = to_tensor(resized, self.mean, self.std, self.scale).to(self.device, self.dtype)
+        with torch.inference_mode():
+            pred = self.model(pixel_values=batch).predicted_depth
+        return maps_to_size(pred.float(), out_size, self.name)
 
 
 @PREDICTORS.register("hf")

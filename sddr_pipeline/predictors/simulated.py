@@ -61,7 +61,7 @@ from .base import (
     parse_options,
     working_size,
 )
-from .common import resize_image
+from .common import check_options, resize_image
 
 N_REGIONS = 16
 FEATHER = 0.02
@@ -203,9 +203,7 @@ def simulate_high(
 
 def parse_settings(options: dict[str, str]) -> dict[str, float]:
     """Validate ``simulated`` options against :data:`DEFAULTS` / :data:`RANGES`."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise PredictorError(f"simulated: unknown option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    check_options(options, frozenset(DEFAULTS), "simulated")
     settings = dict(DEFAULTS)
     for key, text in options.items():
         try:

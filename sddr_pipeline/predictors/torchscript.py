@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,10 +23,10 @@ from ..registry import PREDICTORS
 from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SameShapeBatchPredictor,
     check_options,
     existing_file,
     file_digest,
-    group_by_shape,
     maps_to_size,
     parse_positive_int,
     parse_triplet,
@@ -35,11 +34,9 @@ from .common import (
     to_tensor,
 )
 from .base import (
-    BasePredictor,
     OutputKind,
     PredictorError,
     PredictorSpec,
-    SampleContext,
     working_size,
 )
 
@@ -47,7 +44,7 @@ TENSOR_OPTIONS = frozenset({"mean", "std", "multiple", "kind", "metric"})
 
 
 
-class TensorModelPredictor(BasePredictor):
+class TensorModelPredictor(SameShapeBatchPredictor):
     """Shared logic of exported models that follow the ``Bx3xHxW -> BxHxW`` convention."""
 
     def __init__(self, name: str, options: dict[str, str], who: str) -> None:
@@ -64,28 +61,17 @@ class TensorModelPredictor(BasePredictor):
     def run(self, batch: torch.Tensor) -> torch.Tensor | np.ndarray:
         raise NotImplementedError
 
-    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
-        return self.predict_batch([image], resolution, [context])[0]
-
-    def predict_batch(
-        self,
-        images: Sequence[np.ndarray],
-        resolution: int,
-        contexts: Sequence[SampleContext | None] | None = None,
-    ) -> list[np.ndarray]:
-        def run_group(indices: list[int]) -> list[np.ndarray]:
-            h, w = images[indices[0]].shape[:2]
-            size = working_size(h, w, resolution, self.multiple)
-            batch = to_tensor([resize_image(images[i], size) for i in indices], self.mean, self.std)
-            try:
-                pred = self.run(batch)
-            except PredictorError:
-                raise
-            except Exception as exc:
-                raise PredictorError(f"{self.who} failed on a {tuple(batch.shape)} input: {exc}") from exc
-            return maps_to_size(pred, size, self.who)
-
-        return group_by_shape(images, run_group)
+    def predict_same_shape(self, images: list[np.ndarray], resolution: int) -> list[np.ndarray]:
+        h, w = images[0].shape[:2]
+        size = working_size(h, w, resolution, self.multiple)
+        batch = to_tensor([resize_image(image, size) for image in images], self.mean, self.std)
+        try:
+            pred = self.run(batch)
+        except PredictorError:
+            raise
+        except Exception as exc:
+            raise PredictorError(f"{self.who} failed on a {tuple(batch.shape)} input: {exc}") from exc
+        return maps_to_size(pred, size, self.who)
 
 
 class TorchScriptPredictor(TensorModelPredictor):

@@ -15,7 +15,6 @@ both, so every id appears exactly once across ``shards/`` and ``errors/``.
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from ..io.timestamps import utc_now as now  # noqa: F401 - the manifests' timestamp, imported from here by pipelines.runner
 from .io import (DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, publish_bytes, read_bytes, read_parquet,
                  remove_temporaries, unstrip)
 from .schema import ERROR_SCHEMA, FORMAT, schema_for
@@ -34,10 +34,6 @@ ERRORS_DIR = "errors"
 
 class LayoutError(ValueError):
     """The output cannot be used: not a shard job's output, or made with other settings."""
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def shard_name(index: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..inference.options import check_range_clamp
+from ..io.mappings import check_keys, field_names
 from ..io.yaml_numbers import load_yaml
 from ..models import PRESETS
 from ..predictors import PredictorError, PredictorSpec
@@ -229,13 +230,8 @@ def _pair(value: Any, key: str, kind: type = float) -> tuple:
     return tuple(conv(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
-def _mapping(value: Any, key: str, known: set[str]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
-    unknown = sorted(str(k) for k in value if k not in known)
-    if unknown:
-        raise ConfigError(f"unknown key {key + '.' if key else ''}{unknown[0]} (known: {', '.join(sorted(known))})")
-    return dict(value)
+def _mapping(value: Any, key: str, known: set[str] | frozenset[str]) -> dict[str, Any]:
+    return check_keys(value, known, what="training config", where=key, error=ConfigError)
 
 
 _ENV_VAR = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")
@@ -307,8 +303,7 @@ def _source(value: Any, key: str) -> SourceSpec:
 
 
 def _sub(cls: type, value: Any, key: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    d = _mapping(value, key, known)
+    d = _mapping(value, key, field_names(cls))
     try:
         return cls(**d)
     except ValueError as exc:
@@ -319,8 +314,7 @@ def _sub(cls: type, value: Any, key: str) -> Any:
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """Validate a plain mapping (parsed YAML) into a :class:`TrainConfig`."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    d = _mapping(data, "", known)
+    d = _mapping(data, "", field_names(TrainConfig))
     out: dict[str, Any] = {}
     ints = {
         "seed": (0, None), "batch_size": (1, 1024), "crop": (32, 8192), "warmup_steps": (0, None),

@@ -32,7 +32,6 @@ the model at the round's start).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -51,6 +50,7 @@ from safetensors.torch import load_file, save
 from ..devices import resolve_device
 from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_disparity_like
 from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
+from ..io.hashing import sha256_files
 from ..io.lock import output_lock
 from ..models import Refiner, RefinerOutput
 from ..models.config import PRESETS
@@ -237,14 +237,6 @@ def evaluate(net: torch.nn.Module, val: ValidationSet, bf16: bool = False) -> di
 # ---------------------------------------------------------------------- checkpoints
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata=metadata))
@@ -270,7 +262,7 @@ def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.
         "stage": stage,
         "weights": weights.name,
         "optimizer": optim.name,
-        "sha256": {weights.name: _sha256(weights), optim.name: _sha256(optim)},
+        "sha256": {weights.name: sha256_files(weights), optim.name: sha256_files(optim)},
         "param_groups": state["param_groups"],
         "config": config.to_dict(),
         "time": time.time(),
@@ -307,7 +299,7 @@ def verify_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
             file = path.parent / name
             if not file.is_file():
                 return None, f"{name} is missing"
-            if _sha256(file) != record["sha256"][name]:
+            if sha256_files(file) != record["sha256"][name]:
                 return None, f"{name} does not match its recorded sha256 (truncated or changed)"
         return record, ""
     except (OSError, ValueError, KeyError, TypeError) as exc:
