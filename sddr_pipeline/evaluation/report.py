@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..io import atomic_write_bytes, colorize
 from . import metrics as M
-from .runner import METHOD_LABELS
+from .methods import METHOD_LABELS
 
 PANEL_METHODS: tuple[str, ...] = ("low", "high", "sddr_one_stage", "sddr_two_stage")
 ERROR_RANGE = (0.0, 0.25)

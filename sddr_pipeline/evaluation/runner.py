@@ -33,17 +33,8 @@ from ..predictors import get_predictor
 from ..predictors.base import OutputKind, Predictor
 from . import metrics as M
 from .baselines import GUIDED_EPS, freq_merge, guided_fusion
+from .methods import METHODS
 
-METHODS: tuple[str, ...] = ("low", "high", "freq_merge", "guided", "sddr_one_stage", "sddr_two_stage")
-#: Display names of :data:`METHODS` (the HTML report's captions and table rows).
-METHOD_LABELS: dict[str, str] = {
-    "low": "low",
-    "high": "high",
-    "freq_merge": "freq merge",
-    "guided": "guided filter",
-    "sddr_one_stage": "SDDR one-stage",
-    "sddr_two_stage": "SDDR two-stage",
-}
 
 
 def _from_disparity_like(x: np.ndarray, kind: OutputKind) -> np.ndarray:
