@@ -49,6 +49,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sddr_pipeline.io.atomic import atomic_write_json
+
 GENERATOR = "sddr capture-sample"
 DEFAULT_DATA = Path("../shared/data/rgbd_sequence_sample")
 OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -218,6 +220,115 @@ def _check_output(out: Path, overwrite: bool) -> None:
                                "(no capture.json of ours); remove it yourself or choose a new folder")
 
 
+def _camera_key(frame: _Frame) -> tuple:
+    """Frames with the same image size and intrinsics share one COLMAP camera."""
+    h, w = frame.depth.shape
+    return (w, h, *np.round(frame.K[[0, 1, 0, 1], [0, 1, 2, 2]], 9))
+
+
+def _colmap_model(frames: list[_Frame], uv: np.ndarray, vis: np.ndarray, pycolmap: Any) -> Any:
+    """A ``pycolmap.Reconstruction`` with one PINHOLE camera per distinct intrinsics
+    (principal point + 0.5: COLMAP's pixel centres) and an image per frame whose keypoints
+    are the projections ``uv`` of the points it sees (``vis``); no 3-D points yet."""
+    rec = pycolmap.Reconstruction()
+    camera_ids: dict[tuple, int] = {}
+    for f in frames:
+        key = _camera_key(f)
+        if key not in camera_ids:
+            h, w = f.depth.shape
+            cam = pycolmap.Camera.create_from_model_name(len(camera_ids) + 1, "PINHOLE", float(f.K[0, 0]), w, h)
+            cam.params = [f.K[0, 0], f.K[1, 1], f.K[0, 2] + 0.5, f.K[1, 2] + 0.5]
+            rec.add_camera_with_trivial_rig(cam)
+            camera_ids[key] = cam.camera_id
+    for i, f in enumerate(frames):
+        keypoints = uv[vis[:, i], i] + 0.5  # COLMAP: pixel centres at +0.5
+        img = pycolmap.Image(name=f.name, keypoints=np.asarray(keypoints, dtype=np.float64).reshape(-1, 2),
+                             camera_id=camera_ids[_camera_key(f)], image_id=i + 1)
+        rec.add_image_with_trivial_frame(img, pycolmap.Rigid3d(f.w2c[:3]))
+    return rec
+
+
+def _add_points(rec: Any, frames: list[_Frame], xyz: np.ndarray, src: np.ndarray, pix: np.ndarray,
+                vis: np.ndarray, pycolmap: Any) -> None:
+    """Add the 3-D points to ``rec``: colour from the pixel of the frame that drew each,
+    track = the frames that see it, then the reprojection errors."""
+    from sddr_pipeline.data import read_image
+
+    index = np.cumsum(vis, axis=0) - 1  # keypoint index of point p in frame i: its rank among the points i sees
+    colours = {}
+    for p in range(len(xyz)):
+        i = int(src[p])
+        if i not in colours:
+            colours[i] = read_image(frames[i].colour)
+        rgb = colours[i][pix[p, 0], pix[p, 1], :3].astype(np.uint8)
+        track = pycolmap.Track([pycolmap.TrackElement(j + 1, int(index[p, j])) for j in np.flatnonzero(vis[p])])
+        rec.add_point3D(xyz[p], track, rgb)
+    rec.update_point_3d_errors()
+
+
+def _copy_frames(frames: list[_Frame], folder: Path) -> None:
+    """The colour frames to ``images/`` and their exact depth PNGs to ``gt_depth/``."""
+    (folder / "images").mkdir()
+    (folder / "gt_depth").mkdir()
+    for f in frames:
+        shutil.copyfile(f.colour, folder / "images" / f.name)
+        shutil.copyfile(f.depth_file, folder / "gt_depth" / f"{f.stem}.png")
+
+
+def _transforms(frames: list[_Frame]) -> dict[str, Any]:
+    """The nerfstudio ``transforms.json`` of the frames (module docstring): shared
+    intrinsics at the top level when every frame has the same, else per frame."""
+    h, w = frames[0].depth.shape
+    K0 = frames[0].K
+    same = all(np.allclose(f.K, K0) and f.depth.shape == (h, w) for f in frames)
+    transforms: dict[str, Any] = {"camera_model": "OPENCV"}
+    if same:
+        transforms.update(fl_x=float(K0[0, 0]), fl_y=float(K0[1, 1]), cx=float(K0[0, 2] + 0.5), cy=float(K0[1, 2] + 0.5), w=w, h=h)
+    transforms["frames"] = []
+    for f in frames:
+        frame: dict[str, Any] = {"file_path": f"images/{f.name}"}
+        if not same:
+            fh, fw = f.depth.shape
+            frame.update(fl_x=float(f.K[0, 0]), fl_y=float(f.K[1, 1]), cx=float(f.K[0, 2] + 0.5),
+                         cy=float(f.K[1, 2] + 0.5), w=fw, h=fh)
+        frame["transform_matrix"] = (f.c2w @ OPENGL_FROM_OPENCV).tolist()
+        transforms["frames"].append(frame)
+    return transforms
+
+
+def _provenance(report: CaptureReport, data: Path, seed: int, points: int, keypoint_noise: float,
+                depth_tolerance: float) -> dict[str, Any]:
+    """The content of ``capture.json``: what the folder was built from and how; its
+    ``generator`` marks the folder as one ``--overwrite`` may replace."""
+    return {
+        "generator": GENERATOR,
+        "source": str(data.resolve()),
+        "seed": seed,
+        "points": report.points,
+        "points_requested": points,
+        "keypoint_noise_px": keypoint_noise,
+        "depth_tolerance": depth_tolerance,
+        "units": "m",
+        "gt_depth": {"folder": "gt_depth", "format": "uint16 PNG, millimetres, 0 = invalid",
+                     "note": "exact depth: ground truth for the simulated predictor (sddr colmap --gt-depth) and checks"},
+        "transforms": {"convention": "nerfstudio", "camera_axes": "OpenGL (x right, y up, z backwards)",
+                       "world": "the COLMAP model's world frame"},
+        "observations": report.observations,
+        "mean_track_length": round(report.mean_track_length, 3),
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``, replacing an earlier capture there
+    (:func:`_check_output` made sure it is one) or an empty folder."""
+    if out.is_dir():
+        if any(out.iterdir()):
+            shutil.rmtree(out)
+        else:
+            out.rmdir()
+    os.replace(tmp, out)
+
+
 def build_capture(
     output: str | Path,
     data: str | Path | None = None,
@@ -239,7 +350,6 @@ def build_capture(
     replaced whole, derived outputs such as ``sddr/`` included). The folder is built under
     a temporary name beside ``output`` and renamed into place, so a failure leaves nothing.
     """
-    from sddr_pipeline.data import read_image
     from sddr_pipeline.plugins.colmap import require_pycolmap
 
     pycolmap = require_pycolmap()
@@ -261,88 +371,18 @@ def build_capture(
     tmp = out.parent / f".tmp-{uuid.uuid4().hex[:8]}-{out.name}"
     tmp.mkdir(parents=True)
     try:
-        rec = pycolmap.Reconstruction()
-        camera_ids: dict[tuple, int] = {}
-        keypoints: dict[int, list[np.ndarray]] = {i: [] for i in range(len(frames))}
-        for i, f in enumerate(frames):
-            h, w = f.depth.shape
-            key = (w, h, *np.round(f.K[[0, 1, 0, 1], [0, 1, 2, 2]], 9))
-            if key not in camera_ids:
-                cam = pycolmap.Camera.create_from_model_name(len(camera_ids) + 1, "PINHOLE", float(f.K[0, 0]), w, h)
-                cam.params = [f.K[0, 0], f.K[1, 1], f.K[0, 2] + 0.5, f.K[1, 2] + 0.5]
-                rec.add_camera_with_trivial_rig(cam)
-                camera_ids[key] = cam.camera_id
-        # keypoint index of point p in frame i = its rank among the points frame i sees
-        index = np.cumsum(vis, axis=0) - 1
-        for i in range(len(frames)):
-            keypoints[i] = uv[vis[:, i], i] + 0.5  # COLMAP: pixel centres at +0.5
-        for i, f in enumerate(frames):
-            h, w = f.depth.shape
-            key = (w, h, *np.round(f.K[[0, 1, 0, 1], [0, 1, 2, 2]], 9))
-            img = pycolmap.Image(name=f.name, keypoints=np.asarray(keypoints[i], dtype=np.float64).reshape(-1, 2),
-                                 camera_id=camera_ids[key], image_id=i + 1)
-            rec.add_image_with_trivial_frame(img, pycolmap.Rigid3d(f.w2c[:3]))
-        colours = {}
-        for p in range(len(xyz)):
-            i = int(src[p])
-            if i not in colours:
-                colours[i] = read_image(frames[i].colour)
-            rgb = colours[i][pix[p, 0], pix[p, 1], :3].astype(np.uint8)
-            track = pycolmap.Track([pycolmap.TrackElement(j + 1, int(index[p, j])) for j in np.flatnonzero(vis[p])])
-            rec.add_point3D(xyz[p], track, rgb)
-        rec.update_point_3d_errors()
+        rec = _colmap_model(frames, uv, vis, pycolmap)
+        _add_points(rec, frames, xyz, src, pix, vis, pycolmap)
         sparse = tmp / "sparse" / "0"
         sparse.mkdir(parents=True)
         rec.write(str(sparse))
-
-        (tmp / "images").mkdir()
-        (tmp / "gt_depth").mkdir()
-        for f in frames:
-            shutil.copyfile(f.colour, tmp / "images" / f.name)
-            shutil.copyfile(f.depth_file, tmp / "gt_depth" / f"{f.stem}.png")
-
-        h, w = frames[0].depth.shape
-        K0 = frames[0].K
-        same = all(np.allclose(f.K, K0) and f.depth.shape == (h, w) for f in frames)
-        transforms: dict[str, Any] = {"camera_model": "OPENCV"}
-        if same:
-            transforms.update(fl_x=float(K0[0, 0]), fl_y=float(K0[1, 1]), cx=float(K0[0, 2] + 0.5), cy=float(K0[1, 2] + 0.5), w=w, h=h)
-        transforms["frames"] = []
-        for f in frames:
-            frame: dict[str, Any] = {"file_path": f"images/{f.name}"}
-            if not same:
-                fh, fw = f.depth.shape
-                frame.update(fl_x=float(f.K[0, 0]), fl_y=float(f.K[1, 1]), cx=float(f.K[0, 2] + 0.5),
-                             cy=float(f.K[1, 2] + 0.5), w=fw, h=fh)
-            frame["transform_matrix"] = (f.c2w @ OPENGL_FROM_OPENCV).tolist()
-            transforms["frames"].append(frame)
-        (tmp / "transforms.json").write_text(json.dumps(transforms, indent=2) + "\n", encoding="utf-8")
-
+        _copy_frames(frames, tmp)
+        atomic_write_json(tmp / "transforms.json", _transforms(frames))
         report = CaptureReport(out, [f.name for f in frames], int(len(xyz)),
                                {f.name: int(vis[:, i].sum()) for i, f in enumerate(frames)},
                                float(vis.sum() / max(len(xyz), 1)))
-        (tmp / "capture.json").write_text(json.dumps({
-            "generator": GENERATOR,
-            "source": str(data.resolve()),
-            "seed": seed,
-            "points": report.points,
-            "points_requested": points,
-            "keypoint_noise_px": keypoint_noise,
-            "depth_tolerance": depth_tolerance,
-            "units": "m",
-            "gt_depth": {"folder": "gt_depth", "format": "uint16 PNG, millimetres, 0 = invalid",
-                         "note": "exact depth: ground truth for the simulated predictor (sddr colmap --gt-depth) and checks"},
-            "transforms": {"convention": "nerfstudio", "camera_axes": "OpenGL (x right, y up, z backwards)",
-                           "world": "the COLMAP model's world frame"},
-            "observations": report.observations,
-            "mean_track_length": round(report.mean_track_length, 3),
-        }, indent=2) + "\n", encoding="utf-8")
-        if out.is_dir():
-            if any(out.iterdir()):
-                shutil.rmtree(out)  # checked above: an earlier capture of ours, replaced whole
-            else:
-                out.rmdir()
-        os.replace(tmp, out)
+        atomic_write_json(tmp / "capture.json", _provenance(report, data, seed, points, keypoint_noise, depth_tolerance))
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -391,6 +391,154 @@ def _prepare_model(rec: Any, sparse: Path, output: Path, image_dir: Path, pycolm
     return rec, image_dir, False
 
 
+@dataclass(frozen=True)
+class _FitRules:
+    """How :func:`run_colmap` filters an image's SfM observations and judges its fit."""
+
+    space: Space
+    min_track_length: int
+    max_reproj_error: float
+    min_points: int
+    max_median_error: float
+    max_depth_factor: float
+
+
+def _refine_image(
+    rec: Any, iid: int, name: str, image_dir: Path, predictor: Any, refiner: Any,
+    context_fn: Callable[[ColmapView], Any] | None, refine_options: dict[str, Any],
+) -> Any:
+    """Refine one registered image, checked against its camera's size, with the context
+    ``context_fn`` gives it (a bare ``SampleContext`` without one)."""
+    from sddr_pipeline.data import read_image
+    from sddr_pipeline.inference import refine
+    from sddr_pipeline.predictors.base import SampleContext
+
+    image = rec.images[iid]
+    camera = rec.cameras[image.camera_id]
+    rgb = read_image(image_dir / name)
+    if rgb.shape[:2] != (camera.height, camera.width):
+        raise ColmapError(
+            f"{image_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its COLMAP camera is "
+            f"{camera.width}x{camera.height} (EXIF rotation or a resized copy?)"
+        )
+    view = ColmapView(name, rgb, intrinsics_from_colmap(camera), image.cam_from_world().matrix(), camera)
+    context = context_fn(view) if context_fn is not None else SampleContext(name=name)
+    return refine(rgb, predictor, refiner, context=context, edges=False, **refine_options)
+
+
+def _fit_image(image: Any, camera: Any, points3D: Any, src: np.ndarray, rules: _FitRules) -> dict[str, Any]:
+    """The ``alignment.json`` record of one image: its observations, the usable ones, the
+    fit of the map ``src`` to them and the reasons to exclude it (all but scale outliers,
+    which need every image's fit)."""
+    obs = image_observations(image, camera, points3D)
+    keep = usable_observations(obs, camera.height, camera.width, rules.min_track_length, rules.max_reproj_error)
+    entry: dict[str, Any] = {"observations": int(len(obs.z)), "usable": int(keep.sum()), "status": "ok", "reasons": []}
+    if keep.sum() < rules.min_points:
+        entry["reasons"].append(f"too_few_points: {int(keep.sum())} usable observations (need {rules.min_points})")
+        return entry
+    fit = fit_alignment(sample_bilinear(src, obs.rows[keep], obs.cols[keep]), obs.z[keep], rules.space)
+    entry["alignment"] = asdict(fit)
+    entry["max_depth"] = float(obs.z[keep].max() * rules.max_depth_factor)
+    if not fit.scale > 0:
+        entry["reasons"].append(f"non_positive_scale: {fit.scale:.4g}")
+    if fit.median_rel_error > rules.max_median_error:
+        entry["reasons"].append(
+            f"poor_fit: median relative error {fit.median_rel_error:.3f} at the SfM points (limit {rules.max_median_error:g})"
+        )
+    return entry
+
+
+def _refine_and_fit(
+    rec: Any, views: list[tuple[int, str]], image_dir: Path, work: Path, predictor: Any, refiner: Any,
+    rules: _FitRules, context_fn: Callable[[ColmapView], Any] | None, refine_options: dict[str, Any],
+    say: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """Refine and fit every image; returns ``{name: record}``. Each map to fit and its
+    confidence wait in ``work`` (``<id>-src.npy``, ``<id>-conf.npy``) until the scale
+    outliers are known, so that a large model's maps are not all held in memory."""
+    from sddr_pipeline.confidence import confidence
+
+    records: dict[str, dict[str, Any]] = {}
+    for iid, name in views:
+        say(f"refining {name}")
+        result = _refine_image(rec, iid, name, image_dir, predictor, refiner, context_fn, refine_options)
+        src = _alignment_source(result, rules.space)
+        image = rec.images[iid]
+        records[name] = _fit_image(image, rec.cameras[image.camera_id], rec.points3D, src, rules)
+        work.mkdir(exist_ok=True)
+        np.save(work / f"{iid}-src.npy", src.astype(np.float32))
+        np.save(work / f"{iid}-conf.npy", confidence(result))
+    return records
+
+
+def _flag_outlier_records(records: dict[str, dict[str, Any]], rule: Literal["ratio", "mad"],
+                          bounds: tuple[float, float], mad_k: float) -> float:
+    """Add the scale-outlier reason (:func:`flag_scale_outliers`) to the records of the
+    images not yet excluded; returns their median scale."""
+    scales = {n: r["alignment"]["scale"] for n, r in records.items() if not r["reasons"]}
+    outliers, median_scale = flag_scale_outliers(scales, rule, bounds, mad_k)
+    for n, reason in outliers.items():
+        records[n]["reasons"].append(reason)
+    return median_scale
+
+
+def _write_depth_outputs(
+    out: Path, rec: Any, views: list[tuple[int, str]], image_dir: Path, work: Path,
+    records: dict[str, dict[str, Any]], report: ColmapReport, space: Space, fused_stride: int,
+    fused_min_confidence: float,
+) -> list[Any]:
+    """Write each image's COLMAP depth map, 3DGS PNG, confidence and ``depth_params.json``
+    entry (an excluded image: an all-zero PNG and scale 0), fill the report's included /
+    excluded lists and return the world-frame point clouds of the included maps."""
+    from sddr_pipeline.confidence import save_confidence
+    from sddr_pipeline.data import read_image
+    from sddr_pipeline.geometry.pointcloud import depth_to_pointcloud
+
+    depth_params: dict[str, dict[str, float]] = {}
+    clouds = []
+    for iid, name in views:
+        entry, stem = records[name], _stem(name)
+        src = np.load(work / f"{iid}-src.npy")
+        if entry["reasons"]:
+            entry["status"] = "excluded"
+            report.excluded[name] = "; ".join(entry["reasons"])
+            atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(np.zeros(src.shape, np.uint16)))
+            depth_params[stem] = {"scale": 0.0, "offset": 0.0}
+            continue
+        fit = entry["alignment"]
+        depth = apply_alignment(src, fit["scale"], fit["offset"], space, entry["max_depth"]).astype(np.float32)
+        write_colmap_depth(out / "stereo" / "depth_maps" / f"{name}.geometric.bin", depth)
+        png, scale, offset = encode_inverse_depth_png(depth)
+        atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(png))
+        depth_params[stem] = {"scale": scale, "offset": offset}
+        conf = np.load(work / f"{iid}-conf.npy")
+        save_confidence(out / "confidence" / f"{stem}.npy", conf)
+        image = rec.images[iid]
+        pose = np.eye(4)
+        pose[:3] = image.cam_from_world().matrix()
+        clouds.append(depth_to_pointcloud(
+            depth, intrinsics_from_colmap(rec.cameras[image.camera_id]), read_image(image_dir / name),
+            mask=conf >= fused_min_confidence, stride=fused_stride, camera_to_world=np.linalg.inv(pose),
+        ))
+        entry["valid_fraction"] = float((depth > 0).mean())
+        report.included.append(name)
+    atomic_write_json(out / "sparse" / "0" / "depth_params.json", depth_params)
+    return clouds
+
+
+def _write_fused(path: Path, clouds: list[Any], voxel: float | None) -> int:
+    """Merge the clouds (voxel-downsampled when ``voxel``) into ``path`` unless empty;
+    returns the number of points."""
+    from sddr_pipeline.geometry.pointcloud import merge_clouds, voxel_downsample, write_ply
+
+    fused = merge_clouds(clouds)
+    if voxel and len(fused):
+        fused = voxel_downsample(fused, voxel)
+    if len(fused):
+        write_ply(path, fused)
+    return len(fused)
+
+
 def run_colmap(
     workspace: str | Path,
     predictor: Any,
@@ -426,12 +574,6 @@ def run_colmap(
     call created is removed again.
     """
     pycolmap = require_pycolmap()
-    from sddr_pipeline.confidence import confidence, save_confidence
-    from sddr_pipeline.data import read_image
-    from sddr_pipeline.geometry.pointcloud import depth_to_pointcloud, merge_clouds, voxel_downsample, write_ply
-    from sddr_pipeline.inference import refine
-    from sddr_pipeline.predictors.base import SampleContext
-
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     ws = Path(workspace)
@@ -441,113 +583,38 @@ def run_colmap(
     sparse = ws / "sparse" / "0"
     rec = _read_model(ws, image_dir, pycolmap)
     _model_names(rec, str(sparse))  # before any file operation: a name must not lead out of OUTPUT
+    rules = _FitRules(space, min_track_length, max_reproj_error, min_points, max_median_error, max_depth_factor)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         rec, image_dir, undistorted = _prepare_model(rec, sparse, out, image_dir, pycolmap)
         names_by_id = _model_names(rec, str(out / "sparse" / "0"))
-        names = [names_by_id[i] for i in sorted(names_by_id, key=lambda i: names_by_id[i])]
-        if not names:
+        views = sorted(names_by_id.items(), key=lambda item: item[1])
+        if not views:
             raise ColmapError(f"{ws}: the model has no registered images")
         report = ColmapReport(out, undistorted=undistorted)
         if not undistorted:
-            _link_images(image_dir, out / "images", names)
+            _link_images(image_dir, out / "images", [name for _, name in views])
         work = out / ".work"
-        records: dict[str, dict[str, Any]] = {}
-        for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
-            image, name = rec.images[iid], names_by_id[iid]
-            camera = rec.cameras[image.camera_id]
-            intr = intrinsics_from_colmap(camera)
-            rgb = read_image(image_dir / name)
-            if rgb.shape[:2] != (camera.height, camera.width):
-                raise ColmapError(
-                    f"{image_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its COLMAP camera is "
-                    f"{camera.width}x{camera.height} (EXIF rotation or a resized copy?)"
-                )
-            view = ColmapView(name, rgb, intr, image.cam_from_world().matrix(), camera)
-            context = context_fn(view) if context_fn is not None else SampleContext(name=name)
-            say(f"refining {name}")
-            result = refine(rgb, predictor, refiner, mode=mode, low_res=low_res, high_res=high_res,  # type: ignore[arg-type]
-                            context=context, edges=False)
-            src = _alignment_source(result, space)
-            obs = image_observations(image, camera, rec.points3D)
-            keep = usable_observations(obs, camera.height, camera.width, min_track_length, max_reproj_error)
-            rec_entry: dict[str, Any] = {"observations": int(len(obs.z)), "usable": int(keep.sum()), "status": "ok", "reasons": []}
-            if keep.sum() < min_points:
-                rec_entry["reasons"].append(f"too_few_points: {int(keep.sum())} usable observations (need {min_points})")
-            else:
-                fit = fit_alignment(sample_bilinear(src, obs.rows[keep], obs.cols[keep]), obs.z[keep], space)
-                rec_entry["alignment"] = asdict(fit)
-                rec_entry["max_depth"] = float(obs.z[keep].max() * max_depth_factor)
-                if not fit.scale > 0:
-                    rec_entry["reasons"].append(f"non_positive_scale: {fit.scale:.4g}")
-                if fit.median_rel_error > max_median_error:
-                    rec_entry["reasons"].append(
-                        f"poor_fit: median relative error {fit.median_rel_error:.3f} at the SfM points (limit {max_median_error:g})"
-                    )
-            work.mkdir(exist_ok=True)
-            np.save(work / f"{iid}-src.npy", src.astype(np.float32))
-            np.save(work / f"{iid}-conf.npy", confidence(result))
-            records[name] = rec_entry
-        scales = {n: r["alignment"]["scale"] for n, r in records.items() if not r["reasons"]}
-        outliers, report.median_scale = flag_scale_outliers(scales, outlier_rule, scale_bounds, mad_k)
-        for n, reason in outliers.items():
-            records[n]["reasons"].append(reason)
-        depth_params: dict[str, dict[str, float]] = {}
-        clouds = []
-        for iid in sorted(names_by_id, key=lambda i: names_by_id[i]):
-            name = names_by_id[iid]
-            entry, stem = records[name], _stem(name)
-            src = np.load(work / f"{iid}-src.npy")
-            if entry["reasons"]:
-                entry["status"] = "excluded"
-                report.excluded[name] = "; ".join(entry["reasons"])
-                atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(np.zeros(src.shape, np.uint16)))
-                depth_params[stem] = {"scale": 0.0, "offset": 0.0}
-                continue
-            fit = entry["alignment"]
-            depth = apply_alignment(src, fit["scale"], fit["offset"], space, entry["max_depth"]).astype(np.float32)
-            write_colmap_depth(out / "stereo" / "depth_maps" / f"{name}.geometric.bin", depth)
-            png, scale, offset = encode_inverse_depth_png(depth)
-            atomic_write_bytes(out / "depths" / f"{stem}.png", _png_bytes(png))
-            depth_params[stem] = {"scale": scale, "offset": offset}
-            conf = np.load(work / f"{iid}-conf.npy")
-            save_confidence(out / "confidence" / f"{stem}.npy", conf)
-            image = rec.images[iid]
-            pose = np.eye(4)
-            pose[:3] = image.cam_from_world().matrix()
-            cloud = depth_to_pointcloud(
-                depth, intrinsics_from_colmap(rec.cameras[image.camera_id]), read_image(image_dir / name),
-                mask=conf >= fused_min_confidence, stride=fused_stride, camera_to_world=np.linalg.inv(pose),
-            )
-            clouds.append(cloud)
-            entry["valid_fraction"] = float((depth > 0).mean())
-            report.included.append(name)
+        refine_options = {"mode": mode, "low_res": low_res, "high_res": high_res}
+        records = _refine_and_fit(rec, views, image_dir, work, predictor, refiner, rules, context_fn, refine_options, say)
+        report.median_scale = _flag_outlier_records(records, outlier_rule, scale_bounds, mad_k)
+        clouds = _write_depth_outputs(out, rec, views, image_dir, work, records, report, space, fused_stride,
+                                      fused_min_confidence)
         shutil.rmtree(work, ignore_errors=True)
-        atomic_write_json(out / "sparse" / "0" / "depth_params.json", depth_params)
-        fused = merge_clouds(clouds)
-        if fused_voxel and len(fused):
-            fused = voxel_downsample(fused, fused_voxel)
-        if len(fused):
-            write_ply(out / "fused.ply", fused)
-        report.fused_points = len(fused)
+        report.fused_points = _write_fused(out / "fused.ply", clouds, fused_voxel)
         report.seconds = time.perf_counter() - t0
+        settings = {
+            "mode": mode, "space": space, "min_track_length": min_track_length, "max_reproj_error": max_reproj_error,
+            "min_points": min_points, "max_median_error": max_median_error, "outlier_rule": outlier_rule,
+            "scale_bounds": list(scale_bounds), "mad_k": mad_k, "max_depth_factor": max_depth_factor,
+            "predictor": getattr(predictor, "name", type(predictor).__name__),
+            "refiner": getattr(refiner, "version", "unknown"),
+        }
         atomic_write_json(out / "alignment.json", {
-            "workspace": str(ws.resolve()),
-            "settings": {
-                "mode": mode, "space": space, "min_track_length": min_track_length, "max_reproj_error": max_reproj_error,
-                "min_points": min_points, "max_median_error": max_median_error, "outlier_rule": outlier_rule,
-                "scale_bounds": list(scale_bounds), "mad_k": mad_k, "max_depth_factor": max_depth_factor,
-                "predictor": getattr(predictor, "name", type(predictor).__name__),
-                "refiner": getattr(refiner, "version", "unknown"),
-            },
-            "undistorted": undistorted,
-            "median_scale": report.median_scale,
-            "included": report.included,
-            "excluded": report.excluded,
-            "images": records,
-            "fused_points": report.fused_points,
-            "seconds": round(report.seconds, 2),
+            "workspace": str(ws.resolve()), "settings": settings, "undistorted": undistorted,
+            "median_scale": report.median_scale, "included": report.included, "excluded": report.excluded,
+            "images": records, "fused_points": report.fused_points, "seconds": round(report.seconds, 2),
         })
         return report
     except BaseException:

@@ -241,6 +241,11 @@ def _frame_size(base: Path, transforms: dict, frame: dict) -> tuple[int, int] | 
 # --------------------------------------------------------------------- export
 
 
+FrameMap = tuple[dict, str, np.ndarray, np.ndarray | None]
+"""A frame with depth: (its transforms entry, its depth source name, depth in the
+transforms' units at the image size, confidence or None)."""
+
+
 def export_nerf(
     transforms_json: str | Path,
     depth_source: str | Path | Mapping[str, np.ndarray],
@@ -270,6 +275,20 @@ def export_nerf(
     if not depth_scale > 0:
         raise NerfExportError(f"depth_scale must be positive, got {depth_scale}")
     tpath = Path(transforms_json)
+    transforms = _read_transforms(tpath)
+    out_json = Path(output) if output is not None else tpath.parent / DEFAULT_OUTPUT.get(format, "")
+    if format != "3dgs":
+        _check_transforms_output(tpath, out_json, format)
+    source = _open_source(depth_source, confidence)
+    report = NerfExportReport(format, out_json)
+    maps = _frame_maps(tpath, transforms, source, format, depth_scale, require_all, bool(confidence), report)
+    if format == "3dgs":
+        return _export_3dgs(maps, tpath.parent, report)
+    return _export_linear(maps, transforms, out_json, format, depth_unit, report)
+
+
+def _read_transforms(tpath: Path) -> dict[str, Any]:
+    """The transforms file's content; it must have a non-empty ``frames`` list."""
     try:
         transforms = json.loads(tpath.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -277,22 +296,31 @@ def export_nerf(
     frames = transforms.get("frames")
     if not isinstance(frames, list) or not frames:
         raise NerfExportError(f"{tpath}: no 'frames' list")
-    base = tpath.parent
-    out_json = Path(output) if output is not None else base / DEFAULT_OUTPUT.get(format, "")
-    if format != "3dgs":
-        _check_transforms_output(tpath, out_json, format)
-    out_base = out_json.parent
+    return transforms
+
+
+def _open_source(depth_source: str | Path | Mapping[str, np.ndarray],
+                 confidence: bool | Mapping[str, np.ndarray]) -> DepthSource:
+    """The depth source, with the confidence maps of a ``confidence`` mapping; a depth
+    mapping has no confidence files, so ``confidence=True`` is refused for it."""
     source = open_depth_source(depth_source)
     if isinstance(confidence, Mapping):
-        source = source.with_confidence(confidence)
-    elif confidence and source.origin == "mapping":
+        return source.with_confidence(confidence)
+    if confidence and source.origin == "mapping":
         raise NerfExportError("confidence=True needs confidence files in the depth source folder; "
                               "with a depth mapping, pass the confidence maps as a mapping too")
-    want_conf = bool(confidence)
+    return source
 
-    maps: list[tuple[dict, str, np.ndarray, np.ndarray | None] | None] = []
-    report = NerfExportReport(format, out_json)
-    for frame in frames:
+
+def _frame_maps(
+    tpath: Path, transforms: dict[str, Any], source: DepthSource, format: str, depth_scale: float,
+    require_all: bool, want_conf: bool, report: NerfExportReport,
+) -> list[FrameMap | None]:
+    """Per frame of the transforms file, its depth (times ``depth_scale``) and confidence
+    resized to the frame's image, or None for a frame without a map (listed in
+    ``report.missing``; an error with ``require_all``)."""
+    maps: list[FrameMap | None] = []
+    for frame in transforms["frames"]:
         fp = frame.get("file_path")
         if not fp:
             raise NerfExportError(f"{tpath}: a frame has no file_path")
@@ -308,15 +336,19 @@ def export_nerf(
         if format == "3dgs":
             check_name(PurePosixPath(fp).stem, f"{tpath}: frame {fp!r}", "image stem")
         conf = _frame_confidence(source, key, fp, depth.shape) if want_conf else None
-        size = _frame_size(base, transforms, frame)
+        size = _frame_size(tpath.parent, transforms, frame)
         if size is not None:
             depth = _resize_nearest(depth, *size)
             if conf is not None:
                 conf = _resize_nearest(conf, *size)
         maps.append((frame, key, depth * depth_scale, conf))
+    return maps
 
-    if format == "3dgs":
-        return _export_3dgs(maps, base, report)
+
+def _export_linear(maps: list[FrameMap | None], transforms: dict[str, Any], out_json: Path, format: str,
+                   depth_unit: float | None, report: NerfExportReport) -> NerfExportReport:
+    """nerfstudio / instant-ngp: linear 16-bit depth PNGs (and confidence PNGs) beside
+    ``out_json``, and a copy of the transforms naming them, with the format's scale key."""
     unit = depth_unit
     if unit is None:
         if format == "nerfstudio":
@@ -326,6 +358,7 @@ def export_nerf(
             unit = (max(peaks) if peaks and max(peaks) > 0 else 1.0) / 65535.0
     if not unit > 0:
         raise NerfExportError(f"depth unit must be positive, got {unit}")
+    out_base = out_json.parent
     new = json.loads(json.dumps(transforms))
     key_name = "depth_file_path" if format == "nerfstudio" else "depth_path"
     depth_dir, conf_dir = ("depth", "confidence") if format == "nerfstudio" else ("depth_ngp", "confidence_ngp")
@@ -344,16 +377,15 @@ def export_nerf(
             atomic_write_bytes(out_base / conf_rel, _png(encode_confidence_png16(conf, code)))
             frame_out["depth_confidence_path"] = conf_rel
             report.confidence[frame_out["file_path"]] = conf_rel
-    if format == "nerfstudio":
-        new["depth_unit_scale_factor"] = unit
-    else:
-        new["integer_depth_scale"] = unit
+    new[SCALE_KEY[format]] = unit
     atomic_write_json(out_json, new)
     report.extra["depth_unit"] = unit
     return report
 
 
-def _export_3dgs(maps: list, base: Path, report: NerfExportReport) -> NerfExportReport:
+def _export_3dgs(maps: list[FrameMap | None], base: Path, report: NerfExportReport) -> NerfExportReport:
+    """3DGS: inverse-depth PNGs (and confidence PNGs) under ``base/depths*`` and their
+    ``depth_params.json`` (in ``sparse/0/`` when the folder has a COLMAP model)."""
     params: dict[str, dict[str, float]] = {}
     worst = 0.0
     for item in maps:

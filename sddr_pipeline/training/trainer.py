@@ -548,43 +548,76 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         _append(log_path, {"step": 0, "val": init})
         say(_val_line(0, init))
 
+    _run_steps(config, net, optimizer, examples, val, start, device, out, log_path, say)
+    return _finish(config, refiner, out, log_path, say)
+
+
+class _BatchFeed:
+    """Where each step's batch comes from: the ground-truth batches of the ``gt`` steps,
+    or the pseudo-labelled batches of the current distill round (a new round, with its
+    teacher, where one starts)."""
+
+    def __init__(self, config: TrainConfig, examples: ExampleSource, net: torch.nn.Module, out: Path, start: int,
+                 device: torch.device, say: Progress) -> None:
+        self.config, self.examples, self.net, self.out, self.device, self.say = config, examples, net, out, device, say
+        self.current: DistillRound | None = None
+        self.gt_iter = gt_batches(config, examples, start, device)
+
+    def batch(self, step: int, kind: str) -> tuple[Batch, tuple[int, float, int]]:
+        """The batch of 0-based ``step`` of a ``kind`` stage, and the pseudo-labels made
+        for it: (count, seconds, read from the training shards)."""
+        if kind != "distill":
+            self.current = None
+            return next(self.gt_iter).to(self.device), (0, 0.0, 0)
+        config = self.config
+        if self.current is None or self.current.start != round_start(config.stages, step):
+            self.current = prepare_round(config, self.examples, self.net, self.out, step, self.device)
+            shards = any(src.kind == "shards" for src in config.data) and not self.current.relabel_shards
+            stored = " (training-shard examples use their stored G_S)" if shards else ""
+            self.say(f"distill round from step {self.current.start}: pool of {len(self.current.indices)} examples, "
+                     f"pseudo-labels by the teacher of step {self.current.start}{stored}")
+        current = self.current
+        before = (current.labelled, current.label_seconds, current.stored)
+        batch = current.batch(step, config.batch_size).to(self.device)
+        return batch, (current.labelled - before[0], current.label_seconds - before[1], current.stored - before[2])
+
+
+def _optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, kind: str, config: TrainConfig,
+              autocast: Any, step: int) -> tuple[dict[str, float], float]:
+    """One optimiser step on ``batch`` with the ``kind`` stage's loss; returns the loss
+    parts and the gradient norm (NaN without clipping). A non-finite loss stops the run."""
+    with autocast:
+        output = net(batch.low, batch.high)
+    loss, parts = STAGE_LOSSES[kind](output, batch, config.loss)
+    if not math.isfinite(parts["total"]):
+        raise FloatingPointError(f"non-finite loss at step {step + 1}: {parts}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = (
+        float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)) if config.grad_clip else float("nan")
+    )
+    optimizer.step()
+    return parts, grad_norm
+
+
+def _run_steps(config: TrainConfig, net: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: ExampleSource,
+               val: ValidationSet | None, start: int, device: torch.device, out: Path, log_path: Path,
+               say: Progress) -> None:
+    """Steps ``start ... config.steps - 1``: learning rate, batch, optimiser step, a log
+    record (with validation every ``validate_every`` steps), checkpoints, a progress line."""
+    ckpt_dir = out / "checkpoints"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda" else nullcontext()
     run_start = time.perf_counter()
-    b = config.batch_size
-    current: DistillRound | None = None
-    gt_iter = gt_batches(config, examples, start, device)
+    feed = _BatchFeed(config, examples, net, out, start, device, say)
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         stage = stage_at(config.stages, step)
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        labels = (0, 0.0, 0)
-        if stage.kind == "distill":
-            if current is None or current.start != round_start(config.stages, step):
-                current = prepare_round(config, examples, net, out, step, device)
-                shards = any(src.kind == "shards" for src in config.data) and not current.relabel_shards
-                stored = " (training-shard examples use their stored G_S)" if shards else ""
-                say(f"distill round from step {current.start}: pool of {len(current.indices)} examples, "
-                    f"pseudo-labels by the teacher of step {current.start}{stored}")
-            before = (current.labelled, current.label_seconds, current.stored)
-            batch = current.batch(step, b).to(device)
-            labels = (current.labelled - before[0], current.label_seconds - before[1], current.stored - before[2])
-        else:
-            current = None
-            batch = next(gt_iter).to(device)
+        batch, labels = feed.batch(step, stage.kind)
         t_data = time.perf_counter() - t0
-        with autocast:
-            output = net(batch.low, batch.high)
-        loss, parts = STAGE_LOSSES[stage.kind](output, batch, config.loss)
-        if not math.isfinite(parts["total"]):
-            raise FloatingPointError(f"non-finite loss at step {step + 1}: {parts}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)) if config.grad_clip else float("nan")
-        )
-        optimizer.step()
+        parts, grad_norm = _optimise(net, optimizer, batch, stage.kind, config, autocast, step)
         done = step + 1
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
@@ -610,6 +643,10 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         if "val" in record:
             say(_val_line(done, record["val"]))
 
+
+def _finish(config: TrainConfig, refiner: Refiner, out: Path, log_path: Path, say: Progress) -> Path:
+    """Save ``OUTPUT/final`` and ``summary.json``, say how validation moved; returns the
+    final weights folder."""
     final = out / "final"
     refiner.save_pretrained(final)
     _write_summary(out, config, log_path)
