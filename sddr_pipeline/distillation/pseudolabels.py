@@ -176,8 +176,9 @@ def write_pseudo_labels(
     ``open_dataset(source, layout)``) into ``output_dir``.
 
     Images already in the manifest with all their files are skipped; a manifest written
-    with other settings (predictor, refiner weights, resolutions, steps, seed, top,
-    regions) is refused. Each sample's context (its ground truth, if any) goes to the
+    from another source or with other settings (predictor, refiner weights, resolutions,
+    steps, seed, top, regions) is refused (:mod:`sddr_pipeline.io.resumable`), and so is
+    a second writer while the folder's lock is held. Each sample's context (its ground truth, if any) goes to the
     predictor, so ``simulated`` works on datasets with ground truth. ``options`` and
     ``changes`` are those of :func:`make_pseudo_label`.
     """

@@ -80,7 +80,7 @@ def settings_message(target: str, differences: Mapping[str, tuple[Any, Any]], ad
 def check_settings(old: Mapping[str, Any], new: Mapping[str, Any], target: str | os.PathLike, *,
                    ignore: Collection[str] = (), advice: str = NEW_OUTPUT, error: ErrorType = ResumeMismatch) -> None:
     """Raise ``error`` (the caller's own type) with :func:`settings_message` unless the
-    recorded settings ``old`` equal ``new`` outside ``ignore``."""
+    recorded settings ``old`` equal ``new`` outside the top-level keys ``ignore``."""
     differences = setting_differences(old, new, ignore=ignore)
     if differences:
         raise error(settings_message(str(target), differences, advice))
