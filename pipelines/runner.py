@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import pyarrow as pa
 
 from sddr_pipeline import __version__
-from sddr_pipeline.io.lock import holding_output_lock
+from sddr_pipeline.io.resumable import check_settings, locked_output
 from sddr_pipeline.shards.io import StorageError, filesystem, remove_file, write_table
 from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
 from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
@@ -265,12 +265,6 @@ class ProgressLog:
                   f"{rate:.2f} img/s, {shards} shards" + (f", ETA {eta:.0f} s" if math.isfinite(eta) and n < self.total else ""))
 
 
-def _identity_mismatch(manifest: Mapping[str, Any], job: Job) -> list[str]:
-    old = manifest.get("identity", {})
-    keys = sorted(set(old) | set(job.identity))
-    return [f"{k}: {old.get(k)!r} -> {job.identity.get(k)!r}" for k in keys if old.get(k) != job.identity.get(k)]
-
-
 def open_manifest(layout: OutputLayout, job: Job, config: PipelineConfig, inputs: InputSet, plan: ShardPlan) -> dict[str, Any]:
     """A new manifest for an empty output, or the existing one checked for resuming."""
     manifest = layout.read_manifest()
@@ -286,9 +280,7 @@ def open_manifest(layout: OutputLayout, job: Job, config: PipelineConfig, inputs
     else:
         if manifest.get("pipeline") != job.name or manifest.get("kind") != job.kind:
             raise LayoutError(f"cannot resume {layout.uri}: it is the output of a {manifest.get('pipeline')!r} job, not {job.name!r}")
-        diff = _identity_mismatch(manifest, job)
-        if diff:
-            raise LayoutError(f"cannot resume {layout.uri}: it was made with other settings ({'; '.join(diff)}); use a new output")
+        check_settings(manifest.get("identity", {}), job.identity, layout.uri, error=LayoutError)
         old = manifest.get("plan", {})
         if old.get("ids_sha256") != plan_info["ids_sha256"] or old.get("rows_per_shard") != plan.rows_per_shard:
             raise LayoutError(
@@ -476,16 +468,8 @@ def preflight(config: PipelineConfig) -> None:
                           "or a .safetensors file)")
 
 
-def local_output(uri: str) -> Path | None:
-    """The folder of a local OUTPUT (a path or a ``file://`` URI); None for other stores."""
-    scheme, sep, rest = str(uri).partition("://")
-    if not sep:
-        return Path(uri)
-    return Path(rest) if scheme in ("file", "local") else None
-
-
 # one driver per local OUTPUT; object stores are not locked (fsspec has no portable create-if-absent)
-@holding_output_lock(lambda args: local_output(args["config"].output), PipelineError)
+@locked_output(lambda args: args["config"].output, PipelineError)
 def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr_progress) -> PipelineReport:
     """Run (or resume) one shard job; see the module doc. Raises :class:`PipelineError`
     subclasses when it cannot finish; completed shards stay valid for a rerun."""

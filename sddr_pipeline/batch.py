@@ -27,18 +27,21 @@ from typing import Any, Literal
 import numpy as np
 
 from . import __version__
-from .data import ImageReadError, Sample, open_dataset
+from .data import ImageReadError, open_dataset
 from .inference.options import RefineOptions
 from .inference.orchestrate import refine
-from .io import atomic_write_json, remove_temporaries, save_npy, save_png16, save_preview
+from .io import remove_temporaries, save_npy, save_png16, save_preview
 from .io.depth_files import PNG16_ENCODING
-from .io.lock import holding_output_lock, is_lock_file
+from .io.lock import is_lock_file
 from .io.names import UnsafeNameError, check_name
+from .io.resumable import (check_input, check_settings, input_fingerprint, load_manifest, locked_output, same_input,
+                           save_manifest)
 from .io.timestamps import utc_now
 from .predictors.base import Predictor, PredictorError
 
 OnError = Literal["fail", "skip"]
 MANIFEST = "manifest.json"
+NEW_FOLDER = "use a new output folder"
 CONFIDENCE_OUTPUT = (
     "confidence/<name>.npy: float32 HxW in [0, 1] at the input's resolution, per-pixel confidence of the refined "
     "map (sddr_pipeline.confidence, e0 = {e0:g}; usable as a depth-loss weight); written for images whose "
@@ -100,24 +103,13 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool, source: s
     if existing and not skip_existing:
         raise RefineJobError(f"output folder {output} already exists and is not empty; pass --skip-existing to resume it, or choose a new folder")
     if existing:
-        mpath = output / MANIFEST
-        if not mpath.is_file():
+        manifest = load_manifest(output / MANIFEST, error=RefineJobError)
+        if manifest is None:
             raise RefineJobError(f"cannot resume {output}: it has no {MANIFEST} (not an `sddr refine` output)")
-        import json
-
-        manifest = json.loads(mpath.read_text())
-        old = {k: manifest.get(k) for k in identity}
-        if old != identity:
-            diff = [k for k in identity if old.get(k) != identity[k]]
-            raise RefineJobError(
-                f"cannot resume {output}: it was made with a different {', '.join(diff)} "
-                f"({[old.get(k) for k in diff]} vs {[identity[k] for k in diff]}); use a new output folder"
-            )
-        if manifest.get("input") != source:
-            raise RefineJobError(
-                f"cannot resume {output}: it was made from input {manifest.get('input')}, not {source}; "
-                f"use a new output folder"
-            )
+        # identity keys sit beside the manifest's other keys; scale_points is absent when unused
+        recorded = {k: manifest.get(k) for k in (*identity, "scale_points")}
+        check_settings(recorded, identity, output, advice=NEW_FOLDER, error=RefineJobError)
+        check_input(manifest.get("input"), source, output, advice=NEW_FOLDER, error=RefineJobError)
         remove_temporaries(output)
         manifest["errors"] = []
         return manifest
@@ -136,7 +128,7 @@ def _prepare_output(output: Path, identity: dict, skip_existing: bool, source: s
     }
 
 
-@holding_output_lock(lambda args: Path(args["output_path"]), RefineJobError)  # one writer per OUTPUT
+@locked_output(lambda args: Path(args["output_path"]), RefineJobError)  # one writer per OUTPUT
 def refine_folder(
     input_path: str | Path,
     output_path: str | Path,
@@ -205,7 +197,7 @@ def refine_folder(
         for sample in dataset:
             name = _safe_name(sample)
             entry = images.get(name)
-            fingerprint = _input_fingerprint(sample)
+            fingerprint = input_fingerprint(sample.image_path, sample.gt, sample.intrinsics)
             if skip_existing and _is_done(out, entry, confidence, fingerprint):
                 report.skipped.append(name)
                 bar.update(1)
@@ -263,40 +255,11 @@ def _scale_reference(sample, n: int):
     return sparse_reference(np.asarray(sample.gt, dtype=np.float64), n, seed=seed)
 
 
-def _input_fingerprint(sample: Sample) -> dict[str, Any] | None:
-    """What a sample's result depends on: the image file's size, mtime and SHA-256, and a
-    SHA-256 of its ground truth and intrinsics (predictors may use them). None when the
-    image cannot be read (the read stage then reports why)."""
-    try:
-        stat = sample.image_path.stat()
-        data = sample.image_path.read_bytes()
-    except OSError:
-        return None
-    context = hashlib.sha256()
-    for array in (sample.gt, sample.intrinsics):
-        if array is not None:
-            context.update(f"{array.dtype.str}{array.shape}".encode())
-            context.update(np.ascontiguousarray(array).tobytes())
-    return {
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "context_sha256": context.hexdigest(),
-    }
-
-
-def _same_input(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
-    """Whether an input is unchanged since it was refined; decided by content, so a copy
-    with a new mtime is not redone, and an unknown fingerprint never matches."""
-    keys = ("size", "sha256", "context_sha256")
-    return bool(recorded) and current is not None and all(recorded.get(k) == current[k] for k in keys)
-
-
 def _is_done(out: Path, entry: dict | None, confidence: bool, fingerprint: dict[str, Any] | None) -> bool:
     """Whether a manifest entry is a complete result of the input as it is now: same
     input fingerprint, depth written, and the confidence file when ``confidence`` is
     requested."""
-    if not entry or entry.get("status") != "done" or not _same_input(entry.get("fingerprint"), fingerprint):
+    if not entry or entry.get("status") != "done" or not same_input(entry.get("fingerprint"), fingerprint):
         return False
     outputs = entry.get("outputs", {})
     needed = ["depth_npy"] + (["confidence"] if confidence else [])
@@ -348,7 +311,7 @@ def _save_manifest(out: Path, manifest: dict, report: JobReport, t_start: float)
         "this_run": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed)},
     }
     manifest["last_run_seconds"] = round(time.perf_counter() - t_start, 3)
-    atomic_write_json(out / MANIFEST, manifest)
+    save_manifest(out / MANIFEST, manifest)
 
 
 class _NoBar:

@@ -129,7 +129,7 @@ def test_pipeline_refuses_a_held_local_output_before_any_work(tmp_path, monkeypa
 def test_only_local_pipeline_outputs_are_locked():
     from pathlib import Path
 
-    from sddr_pipeline.pipelines.runner import local_output
+    from sddr_pipeline.io.resumable import local_output
 
     assert local_output("/data/out") == Path("/data/out")
     assert local_output("rel/out") == Path("rel/out")

@@ -151,7 +151,7 @@ def test_existing_output_refused_then_resumed(tmp_path, dataset, weights, capsys
     assert {p: p.stat().st_mtime_ns for p in (out / "depth").iterdir()} == before
     # a different configuration must not be mixed into the same folder
     assert main(args + ["--skip-existing", "--mode", "two-stage"]) == 1
-    assert "different mode" in capsys.readouterr().err
+    assert "other settings (mode: 'one-stage' -> 'two-stage';" in capsys.readouterr().err
 
 
 def test_bad_images_skip_and_fail(tmp_path, images_folder, weights, flat_predictor, capsys):
@@ -410,5 +410,5 @@ def test_refine_refuses_an_output_held_by_another_run(tmp_path, dataset, weights
     assert not (out / LOCK_NAME).exists()
     # and released when the run stops on an error
     assert main(args + ["--skip-existing", "--mode", "two-stage"]) == 1
-    assert "different mode" in capsys.readouterr().err
+    assert "other settings (mode: 'one-stage' -> 'two-stage';" in capsys.readouterr().err
     assert not (out / LOCK_NAME).exists()

@@ -393,7 +393,8 @@ def test_refused_resume_is_one_cli_line(straight_run, tmp_path, capsys):
     assert _train_cli(tmp_path, straight_run, lr=5e-4) == ["2"]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(
-        f"sddr train: cannot resume from {straight_run / 'checkpoints' / 'step-000006.json'}: the config changed in lr;")
+        f"sddr train: cannot resume from {straight_run / 'checkpoints' / 'step-000006.json'}: it was made with other "
+        "settings (lr: 0.001 -> 0.0005); restore those settings,")
 
 
 def test_init_starts_from_given_weights(tmp_path):

@@ -25,7 +25,6 @@ replace it without touching the rest.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,12 +37,14 @@ import torch
 from ..data import Dataset, open_dataset
 from ..inference.options import RefineOptions
 from ..inference.orchestrate import refine
-from ..io import atomic_write, atomic_write_json, check_name
+from ..io import atomic_write, check_name
+from ..io.resumable import check_input, check_settings, load_manifest, locked_output, save_manifest
 from ..predictors.base import Predictor, SampleContext
 from ..training.losses import edge_clusters
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+ANOTHER_FOLDER = "use another output folder"
 
 
 @dataclass(frozen=True)
@@ -139,16 +140,15 @@ class PseudoLabelRun:
     skipped: list[str] = field(default_factory=list)
 
 
-def _load_manifest(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    if not path.is_file():
+def _load_manifest(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue: a new one, or the existing one if it was made from the
+    same source with the same settings (else :class:`ResumeMismatch`, a ValueError)."""
+    manifest = load_manifest(root / MANIFEST)
+    if manifest is None:
         return {"format": FORMAT_VERSION, "settings": settings, "items": {}}
-    manifest = json.loads(path.read_text())
-    changed = sorted(k for k in set(settings) | set(manifest.get("settings", {}))
-                     if manifest["settings"].get(k) != settings.get(k))
-    if changed:
-        raise ValueError(
-            f"{path} was written with other settings ({', '.join(changed)}); use another output folder"
-        )
+    recorded = manifest.get("settings", {})
+    check_input(recorded.get("source"), settings["source"], root, advice=ANOTHER_FOLDER)
+    check_settings(recorded, settings, root, ignore={"source"}, advice=ANOTHER_FOLDER)
     return manifest
 
 
@@ -156,6 +156,7 @@ def _done(root: Path, entry: dict[str, Any] | None) -> bool:
     return entry is not None and all((root / rel).is_file() for rel in entry["files"].values())
 
 
+@locked_output(lambda args: Path(args["output_dir"]))  # one writer per output folder
 def write_pseudo_labels(
     source: Dataset | str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -175,8 +176,9 @@ def write_pseudo_labels(
     ``open_dataset(source, layout)``) into ``output_dir``.
 
     Images already in the manifest with all their files are skipped; a manifest written
-    with other settings (predictor, refiner weights, resolutions, steps, seed, top,
-    regions) is refused. Each sample's context (its ground truth, if any) goes to the
+    from another source or with other settings (predictor, refiner weights, resolutions,
+    steps, seed, top, regions) is refused (:mod:`sddr_pipeline.io.resumable`), and so is
+    a second writer while the folder's lock is held. Each sample's context (its ground truth, if any) goes to the
     predictor, so ``simulated`` works on datasets with ground truth. ``options`` and
     ``changes`` are those of :func:`make_pseudo_label`.
     """
@@ -191,7 +193,7 @@ def write_pseudo_labels(
         "regions": regions,
     }
     manifest_path = root / MANIFEST
-    manifest = _load_manifest(manifest_path, settings)
+    manifest = _load_manifest(root, settings)
     run = PseudoLabelRun(manifest_path)
     say = progress or (lambda _line: None)
     for sample in dataset:
@@ -205,11 +207,11 @@ def write_pseudo_labels(
         files = writer(root, sample.name, label)
         seconds = time.perf_counter() - t0
         manifest["items"][sample.name] = {"files": files, "shape": list(label.gs.shape), "seconds": round(seconds, 3)}
-        atomic_write_json(manifest_path, manifest)
+        save_manifest(manifest_path, manifest)
         run.written.append(sample.name)
         say(f"pseudo-label {sample.name}: {seconds:.2f}s")
     if not manifest_path.is_file():
-        atomic_write_json(manifest_path, manifest)
+        save_manifest(manifest_path, manifest)
     return run
 
 

@@ -11,6 +11,7 @@ from PIL import Image, PngImagePlugin
 
 from .atomic import atomic_write, atomic_write_bytes
 from .names import check_name
+from .resumable import load_manifest
 
 PNG16_ENCODING = "linear-uint16: value = png * scale + offset; png 0 = invalid"
 
@@ -109,13 +110,10 @@ def read_manifest(output: str | Path) -> dict:
     before any file is touched."""
     root = Path(output)
     path = root / "manifest.json"
-    if not path.is_file():
+    manifest = load_manifest(path, error=ValueError)
+    if manifest is None:
         raise FileNotFoundError(f"{root}: no manifest.json; not an `sddr refine` output folder")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
-    images = manifest.get("images", {}) if isinstance(manifest, dict) else None
+    images = manifest.get("images", {})
     if not isinstance(images, dict):
         raise ValueError(f"{path}: 'images' must be an object {{name: entry}}")
     for name, entry in images.items():

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from ..io.resumable import load_manifest, save_manifest
 from ..io.timestamps import utc_now as now  # noqa: F401 - the manifests' timestamp, imported from here by pipelines.runner
-from .io import (DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, publish_bytes, read_bytes, read_parquet,
-                 remove_temporaries, unstrip)
+from .io import DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, read_parquet, remove_temporaries, unstrip
 from .schema import ERROR_SCHEMA, FORMAT, schema_for
 
 MANIFEST = "manifest.json"
@@ -127,20 +126,14 @@ class OutputLayout:
         return all(n.startswith(".") for n in names)
 
     def read_manifest(self) -> dict[str, Any] | None:
-        if not self.fs.exists(self.manifest_path):
-            return None
-        data = read_bytes(self.fs, self.manifest_path, attempts=self.attempts, max_wait_s=self.max_wait_s)
-        try:
-            manifest = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise LayoutError(f"{self.display(self.manifest_path)} is not valid JSON ({exc})") from exc
-        if manifest.get("format") != FORMAT:
+        manifest = load_manifest(self.manifest_path, fs=self.fs, error=LayoutError, attempts=self.attempts,
+                                 max_wait_s=self.max_wait_s)
+        if manifest is not None and manifest.get("format") != FORMAT:
             raise LayoutError(f"{self.display(self.manifest_path)} is not an sddr shard manifest")
         return manifest
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        body = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
-        publish_bytes(self.fs, self.manifest_path, body, attempts=self.attempts, max_wait_s=self.max_wait_s)
+        save_manifest(self.manifest_path, manifest, fs=self.fs, attempts=self.attempts, max_wait_s=self.max_wait_s)
 
     def clean_temporaries(self) -> int:
         """Remove leftovers of interrupted writes (``.tmp-*``) from every output folder."""

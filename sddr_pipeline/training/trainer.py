@@ -52,6 +52,7 @@ from ..inference.normalize import minmax_normalize_batch, resize, sanitize, to_d
 from ..io.atomic import atomic_write_bytes, atomic_write_json, remove_temporaries
 from ..io.hashing import sha256_files
 from ..io.lock import output_lock
+from ..io.resumable import check_settings
 from ..models import Refiner, RefinerOutput
 from ..models.config import PRESETS
 from ..predictors import PredictorSpec, get_predictor
@@ -378,14 +379,9 @@ def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
 
 def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
                       data: list[dict[str, Any]] | None = None) -> None:
-    saved = record.get("config", {})
-    now = config.to_dict()
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if changed:
-        raise ResumeError(
-            f"cannot resume from {path}: the config changed in {', '.join(changed)}; "
-            "restore those settings, use another output folder, or start over with --no-resume"
-        )
+    check_settings(record.get("config", {}), config.to_dict(), f"from {path}", ignore=RESUMABLE_CHANGES,
+                   advice="restore those settings, use another output folder, or start over with --no-resume",
+                   error=ResumeError)
     before = {d.get("source"): d for d in record.get("data") or []}
     for d in data or []:
         old = before.get(d["source"])
