@@ -164,6 +164,49 @@ def refine_folder(
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     src, out = Path(input_path), Path(output_path)
+    dataset = _open_input(src, layout, scale_points)
+    try:
+        opts = RefineOptions.build(options, **{**changes, "edges": False}).resolved(predictor, refiner)
+    except ValueError as exc:
+        raise RefineJobError(str(exc)) from None
+    manifest = _open_output(out, src, dataset, _job_identity(predictor_spec, predictor, refiner, opts, scale_points),
+                            skip_existing, opts.confidence)
+    images: dict = manifest["images"]
+    report = JobReport(out)
+    t_start = time.perf_counter()
+    last_save = 0.0
+    bar = _progress(len(dataset), progress)
+    try:
+        for sample in dataset:
+            name = _safe_name(sample)
+            fingerprint = input_fingerprint(sample.image_path, sample.gt, sample.intrinsics)
+            if skip_existing and _is_done(out, images.get(name), opts.confidence, fingerprint):
+                report.skipped.append(name)
+            else:
+                try:
+                    images[name] = _refine_sample(out, sample, name, predictor, refiner, opts, scale_points,
+                                                  save_predictions)
+                    images[name]["fingerprint"] = fingerprint
+                    report.done.append(name)
+                except _SampleFailed as failed:
+                    _record_failure(manifest, report, sample, name, failed)
+                    if on_error == "fail":
+                        raise RefineJobError(f"{sample.image_path}: {failed.stage} failed: {failed.reason} "
+                                             "(use --on-error skip to continue past bad images)") from failed.__cause__
+            bar.update(1)
+            if time.perf_counter() - last_save > 2.0:
+                _save_manifest(out, manifest, report, t_start)
+                last_save = time.perf_counter()
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t_start
+        _save_manifest(out, manifest, report, t_start)
+    return report
+
+
+def _open_input(src: Path, layout: str, scale_points: int | None):
+    """The dataset at ``src``, refused with a :class:`RefineJobError` naming it when it is
+    missing, unreadable, empty or (with ``scale_points``) lacks metric depth."""
     if not src.exists():
         raise RefineJobError(f"input {src} does not exist")
     try:
@@ -174,12 +217,11 @@ def refine_folder(
         raise RefineJobError(f"input {src} holds no images")
     if scale_points:
         _check_scale_points_input(src, dataset)
-    try:
-        opts = RefineOptions.build(options, **{**changes, "edges": False}).resolved(predictor, refiner)
-    except ValueError as exc:
-        raise RefineJobError(str(exc)) from None
-    confidence = opts.confidence
-    identity = _job_identity(predictor_spec, predictor, refiner, opts, scale_points)
+    return dataset
+
+
+def _open_output(out: Path, src: Path, dataset, identity: dict, skip_existing: bool, confidence: bool) -> dict:
+    """The manifest to continue: a new OUTPUT's, or a resumed one's (see :func:`_prepare_output`)."""
     source = str(src.resolve())
     manifest = _prepare_output(out, identity, skip_existing, source)
     manifest["input"] = source
@@ -188,47 +230,40 @@ def refine_folder(
         from .confidence import DEFAULT_E0
 
         manifest["outputs"]["confidence"] = CONFIDENCE_OUTPUT.format(e0=DEFAULT_E0)
-    images: dict = manifest["images"]
-    report = JobReport(out)
-    t_start = time.perf_counter()
-    last_save = 0.0
-    bar = _progress(len(dataset), progress)
+    return manifest
+
+
+class _SampleFailed(Exception):
+    """One image failed at ``stage`` (read, refine or write); the cause is chained."""
+
+    def __init__(self, stage: str, exc: BaseException) -> None:
+        self.stage = stage
+        self.reason = f"{type(exc).__name__}: {exc}"
+        super().__init__(f"{stage}: {self.reason}")
+
+
+def _refine_sample(out: Path, sample, name: str, predictor: Predictor, refiner, options: RefineOptions,
+                   scale_points: int | None, save_predictions: bool) -> dict:
+    """Read, refine and write one image; returns its manifest entry. A bad image, a failed
+    prediction or a failed write is a :class:`_SampleFailed` naming the stage."""
+    t0 = time.perf_counter()
+    stage = "read"
     try:
-        for sample in dataset:
-            name = _safe_name(sample)
-            entry = images.get(name)
-            fingerprint = input_fingerprint(sample.image_path, sample.gt, sample.intrinsics)
-            if skip_existing and _is_done(out, entry, confidence, fingerprint):
-                report.skipped.append(name)
-                bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            stage = "read"
-            try:
-                image = sample.image()
-                reference = _scale_reference(sample, scale_points) if scale_points else None
-                stage = "refine"
-                result = refine(image, predictor, refiner, opts, context=sample.context(), scale_reference=reference)
-                stage = "write"
-                images[name] = _write_outputs(out, name, sample, image, result, save_predictions, t0)
-                images[name]["fingerprint"] = fingerprint
-                report.done.append(name)
-            except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                images[name] = {"status": "failed", "input": str(sample.image_path), "stage": stage, "reason": reason}
-                manifest["errors"].append({"name": name, "input": str(sample.image_path), "stage": stage, "reason": reason})
-                report.failed[name] = reason
-                if on_error == "fail":
-                    raise RefineJobError(f"{sample.image_path}: {stage} failed: {reason} (use --on-error skip to continue past bad images)") from exc
-            bar.update(1)
-            if time.perf_counter() - last_save > 2.0:
-                _save_manifest(out, manifest, report, t_start)
-                last_save = time.perf_counter()
-    finally:
-        bar.close()
-        report.seconds = time.perf_counter() - t_start
-        _save_manifest(out, manifest, report, t_start)
-    return report
+        image = sample.image()
+        reference = _scale_reference(sample, scale_points) if scale_points else None
+        stage = "refine"
+        result = refine(image, predictor, refiner, options, context=sample.context(), scale_reference=reference)
+        stage = "write"
+        return _write_outputs(out, name, sample, image, result, save_predictions, t0)
+    except (ImageReadError, PredictorError, ValueError, RuntimeError, OSError) as exc:
+        raise _SampleFailed(stage, exc) from exc
+
+
+def _record_failure(manifest: dict, report: JobReport, sample, name: str, failed: _SampleFailed) -> None:
+    entry = {"input": str(sample.image_path), "stage": failed.stage, "reason": failed.reason}
+    manifest["images"][name] = {"status": "failed", **entry}
+    manifest["errors"].append({"name": name, **entry})
+    report.failed[name] = failed.reason
 
 
 def _check_scale_points_input(src: Path, dataset) -> None:

@@ -70,6 +70,67 @@ def method_maps(
     return maps, timings
 
 
+def score_image(
+    image: np.ndarray,
+    sample: Any,
+    predictor: Predictor,
+    refiner: Any,
+    options: RefineOptions,
+    methods: tuple[str, ...],
+    alignment: M.AlignmentMode,
+    seed: int,
+    guided: tuple[int | None, float],
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """One image's row (every method's scores and the timings), its prepared GT and the
+    prepared maps (for the report)."""
+    maps, timings = method_maps(image, sample.context(), predictor, refiner, options, guided)
+    t1 = time.perf_counter()
+    ref = M.prepare_ground_truth(sample.gt, sample.gt_kind, seed=seed)
+    kind = predictor.kind
+    prepared = {name: M.prepare_prediction(maps[name], kind.space, kind.metric, ref, alignment) for name in methods}
+    row: dict[str, Any] = {"name": sample.name}
+    for name in methods:
+        row[name] = M.score_prediction(prepared[name], ref)
+    timings["metrics"] = time.perf_counter() - t1
+    row["timings"] = {k: round(float(v), 4) for k, v in timings.items()}
+    return row, ref, prepared
+
+
+def _run_settings(predictor_spec: str, predictor: Predictor, refiner: Any, options: RefineOptions, two_stage: bool,
+                  alignment: M.AlignmentMode, guided: tuple[int | None, float]) -> dict[str, Any]:
+    """What the scores depend on, for the results' ``config``."""
+    fit_kind, fit_space = M.resolve_alignment(alignment, predictor.kind.space, predictor.kind.metric)
+    radius, eps = guided
+    return {
+        "predictor": predictor_spec,
+        "predictor_name": getattr(predictor, "name", predictor_spec),
+        "predictor_kind": predictor.kind.describe(),
+        "refiner": refiner.version,
+        "device": str(refiner.device),
+        "resolutions": {"low": options.low_res, "high": options.high_res},
+        "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
+        "two_stage": asdict(options.two_stage) if two_stage else None,
+        "range_clamp": options.range_clamp,
+        "baselines": {
+            "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
+            "guided": {
+                "input": "low (bicubic)",
+                "guide": "high aligned to low",
+                "radius": radius if radius is not None else "long side / 128",
+                "eps": eps,
+                "eps_units": "low map min-max normalised to [0, 1]",
+            },
+        },
+        "metrics": {
+            "slic_segments": M.SLIC_SEGMENTS,
+            "slic_compactness": M.SLIC_COMPACTNESS,
+            "dense_min_fraction": M.DENSE_MIN_FRACTION,
+            "ord_partners": M.ORD_PARTNERS,
+            "bf1_thresholds": [round(float(t), 6) for t in M.BF1_THRESHOLDS],
+        },
+    }
+
+
 def aggregate(per_image: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Mean of each metric over the images where it is defined, with those counts."""
     out: dict[str, dict[str, Any]] = {}
@@ -153,15 +214,8 @@ def evaluate_dataset(
             continue
         t0 = time.perf_counter()
         image = sample.image()
-        maps, timings = method_maps(image, sample.context(), predictor, refiner, opts, (guided_radius_px, guided_eps))
-        t1 = time.perf_counter()
-        ref = M.prepare_ground_truth(sample.gt, sample.gt_kind, seed=seed)
-        prepared = {name: M.prepare_prediction(maps[name], predictor.kind.space, predictor.kind.metric, ref, alignment) for name in methods}
-        row: dict[str, Any] = {"name": sample.name}
-        for name in methods:
-            row[name] = M.score_prediction(prepared[name], ref)
-        timings["metrics"] = time.perf_counter() - t1
-        row["timings"] = {k: round(float(v), 4) for k, v in timings.items()}
+        row, ref, prepared = score_image(image, sample, predictor, refiner, opts, methods, alignment, seed,
+                                         (guided_radius_px, guided_eps))
         per_image.append(row)
         if writer is not None:
             writer.add_image(sample.name, image, ref, prepared, row)
@@ -169,7 +223,6 @@ def evaluate_dataset(
             say(f"[{index + 1}/{count}] {sample.name}: {time.perf_counter() - t0:.1f} s")
     if not per_image:
         raise ValueError(f"no image of {dataset_root} has ground truth; nothing to evaluate")
-    fit_kind, fit_space = M.resolve_alignment(alignment, predictor.kind.space, predictor.kind.metric)
     config = {
         "dataset": str(dataset_root),
         "layout": dataset.layout,
@@ -177,32 +230,7 @@ def evaluate_dataset(
         "images_in_dataset": samples_total,
         "limit": limit,
         "skipped": skipped,
-        "predictor": predictor_spec,
-        "predictor_name": getattr(predictor, "name", predictor_spec),
-        "predictor_kind": predictor.kind.describe(),
-        "refiner": refiner.version,
-        "device": device,
-        "resolutions": {"low": opts.low_res, "high": opts.high_res},
-        "alignment": {"requested": alignment, "fit": fit_kind, "space": fit_space},
-        "two_stage": asdict(opts.two_stage) if two_stage else None,
-        "range_clamp": opts.range_clamp,
-        "baselines": {
-            "freq_merge": {"resize": "bicubic", "sigma": "long side / 256", "high_alignment": "least squares to low"},
-            "guided": {
-                "input": "low (bicubic)",
-                "guide": "high aligned to low",
-                "radius": guided_radius_px if guided_radius_px is not None else "long side / 128",
-                "eps": guided_eps,
-                "eps_units": "low map min-max normalised to [0, 1]",
-            },
-        },
-        "metrics": {
-            "slic_segments": M.SLIC_SEGMENTS,
-            "slic_compactness": M.SLIC_COMPACTNESS,
-            "dense_min_fraction": M.DENSE_MIN_FRACTION,
-            "ord_partners": M.ORD_PARTNERS,
-            "bf1_thresholds": [round(float(t), 6) for t in M.BF1_THRESHOLDS],
-        },
+        **_run_settings(predictor_spec, predictor, refiner, opts, two_stage, alignment, (guided_radius_px, guided_eps)),
         "seed": seed,
         "version": __version__,
         "seconds": round(time.perf_counter() - t_start, 2),
