@@ -76,8 +76,13 @@ def test_blend_is_a_convex_mix() -> None:
     torch.testing.assert_close(depth, torch.full((1, 1, 4, 5), 1.0))
 
 
-def test_untrained_gated_net_returns_low() -> None:
-    net = Refiner.from_config("sddr-small", seed=0).net
+def _gated(head_scale: int, seed: int) -> SDDRNet:
+    return Refiner.from_config(PRESETS["sddr-small"].replace(head_scale=head_scale), seed=seed).net
+
+
+@pytest.mark.parametrize("head_scale", [1, 2])
+def test_untrained_gated_net_returns_low(head_scale: int) -> None:
+    net = _gated(head_scale, 0)
     low, high = _maps()
     with torch.no_grad():
         out = net(low, high)
@@ -90,10 +95,10 @@ def test_untrained_gated_net_returns_low() -> None:
     torch.testing.assert_close(out.omega, 1 - out.weights[:, :1])
 
 
-def _scrambled(seed: int) -> SDDRNet:
+def _scrambled(seed: int, head_scale: int = 1) -> SDDRNet:
     """A gated net whose head weights are random (as after training): the properties below
     must hold for ANY weights, not only at initialisation."""
-    net = Refiner.from_config("sddr-small", seed=seed).net
+    net = _gated(head_scale, seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in (net.head_out.weight, net.head_out.bias):
@@ -101,17 +106,18 @@ def _scrambled(seed: int) -> SDDRNet:
     return net.eval()
 
 
-@pytest.mark.parametrize("size", [(96, 128), (700, 1500)])
-def test_any_gated_net_returns_low_where_inputs_agree(size: tuple[int, int]) -> None:
-    net = _scrambled(3)
+@pytest.mark.parametrize("size, head_scale", [((96, 128), 1), ((700, 1500), 1), ((96, 128), 2), ((700, 1500), 4)])
+def test_any_gated_net_returns_low_where_inputs_agree(size: tuple[int, int], head_scale: int) -> None:
+    net = _scrambled(3, head_scale)
     low, _ = _maps(*size, seed=4)
     with torch.no_grad():
         out = net(low, low.clone())
     torch.testing.assert_close(out.depth, low, atol=2e-6, rtol=0)
 
 
-def test_any_gated_net_stays_inside_its_candidates() -> None:
-    net = _scrambled(5)
+@pytest.mark.parametrize("head_scale", [1, 2])
+def test_any_gated_net_stays_inside_its_candidates(head_scale: int) -> None:
+    net = _scrambled(5, head_scale)
     low, high = _maps(seed=6)
     with torch.no_grad():
         out = net(low, high)
@@ -127,6 +133,8 @@ def test_fusion_config_is_validated_and_old_configs_load_as_residual() -> None:
         RefinerConfig(fusion_sigmas=(8.0, 3.0))
     with pytest.raises(ValueError, match="fusion_median"):
         RefinerConfig(fusion_median=4)
+    with pytest.raises(ValueError, match="head_scale"):
+        RefinerConfig(head_scale=3)
     data = PRESETS["sddr-small"].to_dict()
     del data["fusion"], data["fusion_sigmas"], data["fusion_median"]
     assert RefinerConfig.from_dict(data).fusion == "residual"

@@ -72,7 +72,9 @@ class RefinerConfig:
     gated head's frequency-merge scales in pixels of the network's input (they scale with
     the map when it runs downsampled), ``fusion_median`` the window of the median that
     takes RGB texture out of HIGH - LOW (see :mod:`.fusion`). Configs saved before ``fusion`` existed load as
-    ``residual``. ``range_clamp`` is not architecture but the local-range clamp these
+    ``residual``. ``head_scale`` (gated head only): the head predicts its candidate logits at
+    1/``head_scale`` of the network's resolution (1, 2 or 4) and upsamples them before the
+    full-resolution blend; 2 costs about a quarter of the full-resolution head. ``range_clamp`` is not architecture but the local-range clamp these
     weights are meant to run with (:mod:`sddr_pipeline.inference.range_clamp`; 0 = none),
     the default of every refinement that does not set one: it travels with the weights.
     """
@@ -98,6 +100,7 @@ class RefinerConfig:
     fusion: str = "residual"
     fusion_sigmas: tuple[float, ...] = (3.0, 8.0, 24.0)
     fusion_median: int = 5
+    head_scale: int = 1
     range_clamp: float = RANGE_CLAMP
 
     def __post_init__(self) -> None:
@@ -164,6 +167,8 @@ class RefinerConfig:
         if isinstance(self.fusion_median, bool) or not isinstance(self.fusion_median, int) \
                 or self.fusion_median < 1 or self.fusion_median % 2 == 0 or self.fusion_median > 15:
             raise ValueError(f"fusion_median must be an odd integer in [1, 15] (1 = no median), got {self.fusion_median!r}")
+        if isinstance(self.head_scale, bool) or self.head_scale not in (1, 2, 4):
+            raise ValueError(f"head_scale must be 1, 2 or 4, got {self.head_scale!r}")
         set_(self, "range_clamp", check_range_clamp(self.range_clamp))
         set_(self, "guided_eps", float(self.guided_eps))
         set_(self, "drop_path_rate", float(self.drop_path_rate))

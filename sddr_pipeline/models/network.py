@@ -265,8 +265,15 @@ class SDDRNet(nn.Module):
             return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
         cands = fusion_candidates(low, high, self.config.fusion_sigmas, self.config.fusion_median) if candidates is None else candidates
         head_input = torch.cat([low, cands[:, -1:], cands[:, 1:] - low], dim=1)
-        feat = torch.relu_(_upsample_to(self.head_proj(d2), low) + self.head_in(head_input))
-        logits = self.head_out(torch.relu_(self.head_mid(feat)))
+        scale = self.config.head_scale
+        if scale > 1:
+            head_input = F.avg_pool2d(head_input, scale)
+        proj = self.head_proj(d2)
+        if proj.shape[-2:] != head_input.shape[-2:]:
+            proj = _upsample_to(proj, head_input)
+        logits = self.head_out(torch.relu_(self.head_mid(torch.relu_(proj + self.head_in(head_input)))))
+        if scale > 1:
+            logits = _upsample_to(logits, low)
         depth, weights = blend_candidates(cands, logits)
         return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights)
 
