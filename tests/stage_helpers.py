@@ -3,6 +3,7 @@ Ray workers: a ground-truth-free depth model and a map_batches probe of the GPU 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,16 @@ def depth(image: np.ndarray) -> np.ndarray:
     return np.linspace(0.2, 1.0, image.shape[1], dtype=np.float32)[None, :] + 0.1 * grey
 
 
-class GpuProbe:
-    """A ``map_batches`` class recording the ``CUDA_VISIBLE_DEVICES`` its actor was given."""
+def probed_stage() -> type:
+    """``RefineStage`` that also records the ``CUDA_VISIBLE_DEVICES`` its actor was given
+    (made on call, so importing this module needs no pipeline code)."""
+    from sddr_pipeline.pipelines.stage import RefineStage
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = len(next(iter(batch.values())))
-        return {**batch, "cuda_visible_devices": np.array([os.environ.get("CUDA_VISIBLE_DEVICES", "")] * rows)}
+    class GpuProbeStage(RefineStage):
+        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+            out = super().__call__(batch)
+            out["cuda_visible_devices"] = np.array([os.environ.get("CUDA_VISIBLE_DEVICES", "")] * len(out["depth"]))
+            time.sleep(0.2)  # let the other actor take the next batch
+            return out
+
+    return GpuProbeStage
