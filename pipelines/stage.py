@@ -365,6 +365,13 @@ class RefineStage(_ModelStage):
 
         return self.fields(refine(image, self.predictor, self.refiner, self.options, context=context))
 
+    def compute_batch(self, images: list[np.ndarray], contexts: list[Any]) -> list[dict[str, Any] | Exception]:
+        """Same-size images through the models together (:func:`refine_batch`)."""
+        from sddr_pipeline.inference.orchestrate import refine_batch
+
+        results = refine_batch(images, self.predictor, self.refiner, self.options, contexts)
+        return [r if isinstance(r, Exception) else self.fields(r) for r in results]
+
     def fields(self, result) -> dict[str, Any]:
         """Row fields of one :class:`~sddr_pipeline.inference.RefineResult`."""
         scale, shift = result.alignment

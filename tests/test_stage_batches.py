@@ -126,3 +126,24 @@ def test_decode_image_in_memory_applies_exif():
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", exif=exif, quality=100)
     assert decode_image(buf.getvalue(), "rotated.jpg").shape == (30, 20, 3)
+
+
+def test_refine_batch_equals_refine_per_image(weights):
+    """Same-size images in one predictor/refiner batch give what :func:`refine` gives each."""
+    from sddr_pipeline import get_predictor, refine
+    from sddr_pipeline.inference import RefineOptions, refine_batch
+    from sddr_pipeline.models import Refiner
+
+    predictor, refiner = get_predictor(SPEC), Refiner.from_pretrained(weights)
+    calls: list[int] = []
+    batched = predictor.predict_batch
+    predictor.predict_batch = lambda images, *a, **k: calls.append(len(images)) or batched(images, *a, **k)
+    options = RefineOptions(edges=False, confidence=True, **RES)
+    images = [SAME[0], OTHER, SAME[1], np.zeros((4, 4), np.uint8)]
+    results = refine_batch(images, predictor, refiner, options)
+    assert sorted(calls) == [2, 2] and isinstance(results[3], Exception)
+    for image, result in zip(images[:3], results):
+        ref = refine(image, predictor, refiner, options)
+        for name in ("depth", "confidence", "normalized", "omega"):
+            np.testing.assert_allclose(getattr(result, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
+        assert result.alignment == pytest.approx(ref.alignment, rel=1e-5) and result.space == ref.space
