@@ -6,6 +6,7 @@ is never touched and must stay ``False`` for truncation to be detected).
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -44,17 +45,21 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
 
-def _open_decoded(path: Path, max_pixels: int) -> Image.Image:
-    """Open ``path``, check the header's size, then force a full decode of the first frame.
+def _open_decoded(path: Path, max_pixels: int, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` (or ``data``, the file's bytes already in memory, which ``path`` then
+    only names), check the header's size, then force a full decode of the first frame.
 
     The size check happens before any pixel data is decoded. PIL's own decompression-bomb
     guard (about 179 MP) still applies on top of ``max_pixels`` and is reported the same way.
     """
-    _check_file(path)
+    if data is None:
+        _check_file(path)
+    elif not data:
+        raise ImageReadError(path, "file is empty (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(path if data is None else io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageReadError(path, f"image is absurdly large ({exc})") from exc
         except Image.UnidentifiedImageError as exc:
@@ -83,8 +88,11 @@ def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(arr.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None) -> np.ndarray:
     """Read an image file as an HxWx3 uint8 RGB array, the way a depth model should see it.
+
+    ``data``: the file's encoded bytes, already in memory (decoded from memory, never
+    through a temporary file); ``path`` then only names the image in errors.
 
     - EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright.
     - Grayscale (1, L) is replicated to 3 channels; palette images use their palette colours.
@@ -101,7 +109,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     header before decoding) or a pixel mode with no RGB meaning (e.g. float "F").
     """
     path = Path(path)
-    raw = _open_decoded(path, max_pixels)
+    raw = _open_decoded(path, max_pixels, None if data is None else bytes(data))
     try:
         try:
             img = ImageOps.exif_transpose(raw)

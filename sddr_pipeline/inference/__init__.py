@@ -16,7 +16,7 @@ if TYPE_CHECKING:
         DEFAULT_HIGH_RES, DEFAULT_LOW_RES, MODES, RANGE_CLAMP, Mode, RefineOptions, ResolutionPolicy, TwoStageConfig,
         check_range_clamp,
     )
-    from .orchestrate import refine
+    from .orchestrate import refine, refine_batch
     from .result import NonFiniteResultError, RefineResult, ScaleReference
     from .two_stage import coarse_to_fine
 
@@ -27,7 +27,7 @@ _LAZY = {
     "NonFiniteResultError": "result", "RefineResult": "result", "ScaleReference": "result",
     "RefinedMaps": "core", "finish": "core", "predict_pair": "core", "refine_predictions": "core",
     "coarse_to_fine": "two_stage",
-    "refine": "orchestrate",
+    "refine": "orchestrate", "refine_batch": "orchestrate",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, {name: f".{module}" for name, module in _LAZY.items()}, globals())

@@ -1,8 +1,9 @@
 """The steps one-stage and two-stage refinement share: predict, normalise, refine, finish.
 
-* :func:`predict_pair` / :func:`predict_windows`: checked predictions (LOW and HIGH of an
-  image; a batch of windows);
-* :func:`refine_predictions`: the refiner on two raw predictions (pure computation);
+* :func:`predict_pair` / :func:`predict_many` / :func:`predict_windows`: checked predictions
+  (LOW and HIGH of an image; a batch of images or of windows);
+* :func:`refine_predictions` / :func:`refine_predictions_batch`: the refiner on raw
+  predictions, of one image or of a batch (pure computation);
 * :func:`restore_units`: the normalised result back to the predictor's (or metric) units;
 * :func:`finish`: everything above packaged as a :class:`~.result.RefineResult`.
 """
@@ -42,18 +43,30 @@ def refine_predictions(low: np.ndarray, high: np.ndarray, kind: OutputKind, refi
     aligned to it) within ``range_clamp`` x the long side (:mod:`.range_clamp`; 0 keeps
     the raw network output). Pure computation: no predictor, no I/O.
     """
-    device = refiner.device
-    low_d, high_d = prepare_prediction_batch([low, high], kind, device)
-    size = tuple(high_d.shape[-2:])
-    low_n, _, _ = minmax_normalize(resize(low_d, size))
-    high_n, _, _ = minmax_normalize(high_d)
+    return refine_predictions_batch([(low, high)], kind, refiner, range_clamp)[0]
+
+
+def refine_predictions_batch(
+    pairs: list[tuple[np.ndarray, np.ndarray]], kind: OutputKind, refiner, range_clamp: float
+) -> list[RefinedMaps]:
+    """:func:`refine_predictions` of several images in ONE refiner call; their HIGH
+    predictions must share a size (same-size images at the same resolutions do)."""
+    prepared = [prepare_prediction_batch([low, high], kind, refiner.device) for low, high in pairs]
+    size = tuple(prepared[0][1].shape[-2:])
+    if any(tuple(high_d.shape[-2:]) != size for _, high_d in prepared):
+        raise ValueError(f"HIGH predictions of one refiner batch must share a size, the first is {size}")
+    low_n = torch.cat([minmax_normalize(resize(low_d, size))[0] for low_d, _ in prepared])
+    high_n = torch.cat([minmax_normalize(high_d)[0] for _, high_d in prepared])
     out = refiner(low_n, high_n)
-    refined = out.depth.float()
-    radius = clamp_radius(refined.shape, range_clamp)
-    if radius:
-        a, b = align_least_squares(low_n.float(), refined)
-        refined = clamp_to_local_range(refined, a * low_n.float() + b, radius)
-    return RefinedMaps(refined, out.omega.float(), low_d, high_d)
+    maps = []
+    for k, (low_d, high_d) in enumerate(prepared):
+        refined, low_k = out.depth[k:k + 1].float(), low_n[k:k + 1].float()
+        radius = clamp_radius(refined.shape, range_clamp)
+        if radius:
+            a, b = align_least_squares(low_k, refined)
+            refined = clamp_to_local_range(refined, a * low_k + b, radius)
+        maps.append(RefinedMaps(refined, out.omega[k:k + 1].float(), low_d, high_d))
+    return maps
 
 
 def restore_units(
@@ -105,11 +118,13 @@ def predict(predictor: Predictor, image: np.ndarray, res: int, ctx: SampleContex
     return check_prediction(pred, predictor.kind, who)
 
 
-def predict_windows(
-    predictor: Predictor, images: list[np.ndarray], res: int, contexts: list[SampleContext | None]
+def predict_many(
+    predictor: Predictor, images: list[np.ndarray], res: int, contexts: list[SampleContext | None], window: bool = False
 ) -> list[np.ndarray]:
-    """Checked predictions of windows, with the errors of :func:`predict`."""
-    who = f"predictor {_predictor_name(predictor)} on windows at {res}px"
+    """Checked predictions of several images (or windows of one, ``window``) in one
+    ``predict_batch`` call, with the errors of :func:`predict`."""
+    what = "windows" if window else "images"
+    who = f"predictor {_predictor_name(predictor)} on {what} at {res}px"
     try:
         preds = predictor.predict_batch(images, res, contexts)
     except PredictorError:
@@ -117,8 +132,15 @@ def predict_windows(
     except (Exception, SystemExit) as exc:
         raise PredictorError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
     if len(preds) != len(images):
-        raise PredictorError(f"{who} returned {len(preds)} maps for {len(images)} windows")
-    return [check_prediction(p, predictor.kind, f"{who} (window {i})", window=True) for i, p in enumerate(preds)]
+        raise PredictorError(f"{who} returned {len(preds)} maps for {len(images)} {what}")
+    return [check_prediction(p, predictor.kind, f"{who} ({what[:-1]} {i})", window=window) for i, p in enumerate(preds)]
+
+
+def predict_windows(
+    predictor: Predictor, images: list[np.ndarray], res: int, contexts: list[SampleContext | None]
+) -> list[np.ndarray]:
+    """Checked predictions of windows, with the errors of :func:`predict`."""
+    return predict_many(predictor, images, res, contexts, window=True)
 
 
 def predict_pair(
