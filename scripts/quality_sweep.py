@@ -184,6 +184,9 @@ def main() -> int:
     p.add_argument("--range-clamp", type=float, default=None,
                    help=f"local-range clamp, fraction of the long side; 0 = off (default: the refiner's own, "
                         f"{RANGE_CLAMP:g} unless its config says otherwise)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="score the weights under another refiner setting that changes no parameter shape, e.g. "
+                        "head_scale=2 or fusion_median=3 (Refiner.with_config); repeatable")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
     p.add_argument("--compare", type=Path, nargs="+", default=None,
                    help="print the one-stage ratios of several --json files side by side, running nothing")
@@ -200,6 +203,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     refiner = (refiner_from_checkpoint(args.weights) if args.weights.endswith(".json")
                else Refiner.from_pretrained(args.weights))
+    if args.override:
+        changes = {}
+        for item in args.override:
+            key, sep, value = item.partition("=")
+            if not sep:
+                p.error(f"--override takes KEY=VALUE, got {item!r}")
+            changes[key] = json.loads(value)
+        refiner = refiner.with_config(**changes)
     args.range_clamp = RefineOptions(range_clamp=args.range_clamp).resolved(None, refiner).range_clamp
     t_start = time.perf_counter()
     cells = []

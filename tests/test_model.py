@@ -297,3 +297,20 @@ def test_pad_to_multiple_replicates_bottom_right_only() -> None:
     assert pad_to_multiple(same, 128) is same
     assert network_size(300, 1000, 512) == (154, 512)
     assert network_size(97, 203, 512) == (97, 203)
+
+
+def test_with_config_keeps_the_weights_and_refuses_shape_changes():
+    from sddr_pipeline.bench.speed import preset_refiner
+
+    refiner = Refiner.from_config("sddr-small", seed=3)
+    other = refiner.with_config(head_scale=2, fusion_median=3)
+    assert (other.config.head_scale, other.config.fusion_median) == (2, 3)
+    assert other.config.replace(head_scale=1, fusion_median=5) == refiner.config
+    for key, value in refiner.net.state_dict().items():
+        assert torch.equal(other.net.state_dict()[key], value)
+    with pytest.raises(ValueError, match="change the parameters"):
+        refiner.with_config(head_channels=8)
+    spec = preset_refiner("sddr-small+head_scale=4,fusion_median=1")
+    assert (spec.config.name, spec.config.head_scale, spec.config.fusion_median) == ("sddr-small", 4, 1)
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        preset_refiner("sddr-small+head_scale")

@@ -18,6 +18,7 @@ alike). Items:
 from __future__ import annotations
 
 import gc
+import json
 import resource
 import statistics
 import sys
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..models import Refiner
 from ..predictors.base import BasePredictor, SampleContext
 
 PRESETS_TIMED = ("sddr-small", "sddr-paper")
@@ -84,12 +86,27 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000.0, 2)
 
 
+def preset_refiner(spec: str) -> Refiner:
+    """An untrained refiner of ``spec``: a preset name, optionally with config changes that
+    keep its parameters, as ``sddr-small+head_scale=2,fusion_median=3`` (values JSON)."""
+    name, _, changes = spec.partition("+")
+    refiner = Refiner.from_config(name, seed=0)
+    if not changes:
+        return refiner
+    values = {}
+    for item in changes.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{spec!r}: {item!r} is not KEY=VALUE")
+        values[key.strip()] = json.loads(value)
+    return refiner.with_config(**values)
+
+
 def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | None = None) -> dict:
     from ..data import make_scene
     from ..inference.core import finish, refine_predictions
     from ..inference.options import RefineOptions
     from ..inference.orchestrate import refine
-    from ..models import Refiner
     from ..predictors import OutputKind, get_predictor
 
     say = progress or (lambda s: None)
@@ -111,7 +128,7 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
         items[f"predictor/{s}"] = run_pred
 
     kind = OutputKind("disparity", False)
-    refiners = {p: Refiner.from_config(p, seed=0).to(dev) for p in cfg.presets}
+    refiners = {p: preset_refiner(p).to(dev) for p in cfg.presets}
     low = rng.random((384, 384), dtype=np.float32)
     for p, ref in refiners.items():
         for n in cfg.sizes:
@@ -126,18 +143,19 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
             items[f"one_stage/{p}/{n}"] = run_one
 
     n2 = cfg.two_stage_size
-    scene = make_scene(n2, n2, seed=0)
-    ctx = SampleContext(name="bench", gt=scene.depth, gt_kind="depth")
-    cached = _CachedPredictor(get_predictor("simulated"))
-    two = RefineOptions(mode="two-stage", edges=False)
-    for p, ref in refiners.items():
-        refine(scene.rgb, cached, ref, two, context=ctx, edges=True)  # fills the cache
+    if n2:
+        scene = make_scene(n2, n2, seed=0)
+        ctx = SampleContext(name="bench", gt=scene.depth, gt_kind="depth")
+        cached = _CachedPredictor(get_predictor("simulated"))
+        two = RefineOptions(mode="two-stage", edges=False)
+        for p, ref in refiners.items():
+            refine(scene.rgb, cached, ref, two, context=ctx, edges=True)  # fills the cache
 
-        def run_two(ref=ref):
-            return refine(scene.rgb, cached, ref, two, context=ctx)
+            def run_two(ref=ref):
+                return refine(scene.rgb, cached, ref, two, context=ctx)
 
-        items[f"two_stage/{p}/{n2}"] = run_two
-    cached.frozen = True
+            items[f"two_stage/{p}/{n2}"] = run_two
+        cached.frozen = True
 
     say(f"warming up {len(items)} items ({threads} threads, {dev})")
     for fn in items.values():
@@ -160,7 +178,7 @@ def run_speed_bench(cfg: SpeedBenchConfig, progress: Callable[[str], None] | Non
     report = {
         "predictor_ms": {str(s): med[f"predictor/{s}"] for s in cfg.predictor_sizes},
         "one_stage_ms": {p: {str(n): med[f"one_stage/{p}/{n}"] for n in cfg.sizes} for p in cfg.presets},
-        "two_stage_ms": {p: {str(n2): med[f"two_stage/{p}/{n2}"]} for p in cfg.presets},
+        "two_stage_ms": {p: {str(n2): med[f"two_stage/{p}/{n2}"]} for p in cfg.presets} if n2 else {},
         "peak_mem_mb": round(peak_kb / 1024.0 if sys.platform != "darwin" else peak_kb / 2**20, 1),
         "threads": threads,
         "device": dev if dev != "cuda" else torch.cuda.get_device_name(0),
@@ -179,7 +197,7 @@ def _ratios(report: dict, cfg: SpeedBenchConfig) -> dict:
         one = report["one_stage_ms"][p]
         if base and "1024" in one:
             out[f"{p} one-stage@1024 / predictor@518"] = round(one["1024"] / base, 3)
-        two = report["two_stage_ms"][p].get(str(cfg.two_stage_size))
+        two = report["two_stage_ms"].get(p, {}).get(str(cfg.two_stage_size))
         if two and str(cfg.two_stage_size) in one:
             out[f"{p} two-stage@{cfg.two_stage_size} / one-stage@{cfg.two_stage_size}"] = round(two / one[str(cfg.two_stage_size)], 3)
     return out

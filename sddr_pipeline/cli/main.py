@@ -175,7 +175,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from ..bench.speed import SpeedBenchConfig, format_report, run_speed_bench
 
-    cfg = SpeedBenchConfig(reps=args.reps, threads=args.threads, device=resolve_device(args.device), sizes=tuple(args.sizes))
+    cfg = SpeedBenchConfig(reps=args.reps, threads=args.threads, device=resolve_device(args.device), sizes=tuple(args.sizes),
+                           presets=tuple(args.presets), predictor_sizes=tuple(args.predictor_sizes),
+                           two_stage_size=args.two_stage_size)
     report = run_speed_bench(cfg, progress=print)
     print(format_report(report))
     if args.json:
@@ -270,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=_positive_int, default=None, help="torch threads for everything (default: torch's current)")
     sp.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     sp.add_argument("--sizes", type=_positive_int, nargs="+", default=[512, 1024, 2048], help="one-stage square sizes (default: 512 1024 2048)")
+    sp.add_argument("--presets", nargs="+", default=["sddr-small", "sddr-paper"],
+                    help="refiner presets, each optionally with config changes that keep its parameters: "
+                         "sddr-small+head_scale=2,fusion_median=3 (default: %(default)s)")
+    sp.add_argument("--predictor-sizes", type=_positive_int, nargs="+", default=[518, 1036],
+                    help="Depth Anything V2 Small input sizes (default: %(default)s)")
+    sp.add_argument("--two-stage-size", type=int, default=1024, help="two-stage square size; 0 skips two-stage (default: %(default)s)")
     sp.set_defaults(func=cmd_bench_speed)
 
     from ..integrations import add_arguments as add_integration_arguments

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -96,6 +97,21 @@ class Refiner:
             torch.manual_seed(seed)
             net = SDDRNet(config)
         return cls(net, config)
+
+    def with_config(self, **changes: Any) -> "Refiner":
+        """A refiner with ``config.replace(**changes)`` and these weights: for settings that
+        change no parameter's shape (``head_scale``, ``fusion_median``, ``range_clamp``,
+        ``max_side``), to score a trained network under another setting. A change of
+        shape is a ``ValueError`` naming the parameters."""
+        config = self.config.replace(**changes)
+        with torch.random.fork_rng(devices=[]):
+            net = SDDRNet(config)
+        old, new = self.net.state_dict(), net.state_dict()
+        changed = sorted(set(old) ^ set(new)) + sorted(k for k in set(old) & set(new) if old[k].shape != new[k].shape)
+        if changed:
+            raise ValueError(f"config changes {changes} change the parameters {changed[:5]}")
+        net.load_state_dict(old, strict=True)
+        return Refiner(net, config).to(next(self.net.parameters()).device)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu",
