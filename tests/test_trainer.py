@@ -397,13 +397,17 @@ def test_refused_resume_is_one_cli_line(straight_run, tmp_path, capsys):
         "settings (lr: 0.001 -> 0.0005); restore those settings,")
 
 
-def test_init_starts_from_given_weights(tmp_path):
-    """``init:`` copies weights of the same architecture before step 0 (fine-tuning)."""
+@pytest.mark.parametrize("preset", ["sddr-small", "sddr-small-lean"])
+def test_init_starts_from_given_weights(tmp_path, preset):
+    """``init:`` copies weights of the same architecture before step 0 (fine-tuning), also
+    into a preset that differs only in settings that change no parameter (the lean head)."""
     src = Refiner.from_config("sddr-small", seed=11)
     src.save_pretrained(tmp_path / "w", dtype=torch.float32)
-    cfg = config_from_dict(tiny(tmp_path / "run", steps=1, lr=1e-12, warmup_steps=0, init=str(tmp_path / "w")))
+    cfg = config_from_dict(tiny(tmp_path / "run", steps=1, lr=1e-12, warmup_steps=0, init=str(tmp_path / "w"),
+                                preset=preset))
     assert cfg.init == str((tmp_path / "w").resolve())
     final = Refiner.from_pretrained(train(cfg, progress=None))
+    assert final.config.name == preset
     fresh = Refiner.from_config("sddr-small", seed=3)
     got, want, other = final.net.state_dict(), src.net.state_dict(), fresh.net.state_dict()
     name = "head_proj.weight"

@@ -247,3 +247,7 @@ PRESETS: dict[str, RefinerConfig] = {
 # load them and to compare designs on one budget (docs/QUALITY.md).
 PRESETS["sddr-small-residual"] = PRESETS["sddr-small"].replace(
     name="sddr-small-residual", head_channels=8, fusion="residual")
+# The speed study's cheaper gated head (docs/QUALITY.md, "Speed"): the same parameters as
+# sddr-small, candidate logits at half resolution and a 3x3 median; it starts from
+# sddr-small weights (training `init`) to be fine-tuned and compared.
+PRESETS["sddr-small-lean"] = PRESETS["sddr-small"].replace(name="sddr-small-lean", head_scale=2, fusion_median=3)

@@ -360,13 +360,15 @@ def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, op
 def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
     """Copy the weights named by ``config.init`` into ``net``; returns their version.
 
-    The architecture must be the run's ``preset`` (runtime-only settings such as
-    ``max_side`` may differ); anything else is an error naming the weights.
+    The architecture must be the run's ``preset``; settings that change no parameter
+    (``max_side``, ``head_scale``, ``fusion_median``, ...) may differ, so a network can be
+    fine-tuned under another of them. Anything else is an error naming the weights.
     """
     src = Refiner.from_pretrained(config.init)
     want = PRESETS[config.preset].to_dict()
     have = src.config.to_dict()
-    runtime = {"name", "max_side", "guided_radius", "guided_eps", "drop_path_rate"}
+    runtime = {"name", "max_side", "guided_radius", "guided_eps", "drop_path_rate", "head_scale", "fusion_median",
+               "range_clamp"}
     differ = sorted(k for k in want if k not in runtime and want[k] != have.get(k))
     if differ:
         raise ValueError(
