@@ -40,9 +40,9 @@ from sddr_pipeline.predictors.simulated import gt_disparity
 SIGMAS = (3.0, 8.0, 24.0)
 
 
-def candidates(name: str, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+def candidates(name: str, low: torch.Tensor, high: torch.Tensor, median: int = 5) -> torch.Tensor:
     if name == "v2":
-        return fusion_candidates(low, high, SIGMAS, median=5)
+        return fusion_candidates(low, high, SIGMAS, median=median)
     h = align_to(high, low)
     if name == "median":
         h = kornia.filters.median_blur(h, 5)
@@ -62,6 +62,7 @@ def oracle(c: torch.Tensor, gt: torch.Tensor, block: int) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", choices=("v1", "median", "bilateral", "v2"), default="v2")
+    p.add_argument("--median", type=int, default=5, help="v2: the median window of HIGH - LOW (1 = none)")
     p.add_argument("--noise", default="0.15,2,0.3", help="cons,edge,texture of the simulated predictor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block", type=int, default=16)
@@ -82,7 +83,7 @@ def main() -> None:
             high_n = minmax_normalize(high_d)[0]
             gt = resize(torch.from_numpy(gt_disparity(sample.gt, sample.gt_kind)).float()[None, None], size)
             a, b = align_least_squares(gt, low_n)
-            best = oracle(candidates(args.candidates, low_n, high_n), a * gt + b, args.block)
+            best = oracle(candidates(args.candidates, low_n, high_n, args.median), a * gt + b, args.block)
             row = []
             for m in (low_n, best):
                 depth = restore_units(m, low_d, predictor.kind, image.shape[:2])[0]

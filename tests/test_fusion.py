@@ -35,6 +35,29 @@ def test_median_blur_matches_a_brute_force_median() -> None:
     assert median_blur(x, 1) is x
 
 
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_median_blur_equals_brute_force_with_ties_batches_and_channels(kernel: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (2, 3, 7, 6), generator=g).float()  # many ties
+    out = median_blur(x, kernel)
+    pad = kernel // 2
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    windows = padded.unfold(2, kernel, 1).unfold(3, kernel, 1).flatten(-2)
+    assert torch.equal(out, windows.median(-1).values)
+
+
+def test_half_resolution_median_removes_thin_texture_and_keeps_steps() -> None:
+    x = torch.zeros(1, 1, 32, 40)
+    x[..., 20:] = 1.0  # a depth step on an even column
+    ripple = x.clone()
+    ripple[..., 3::6, :] += 0.2  # one-pixel rows of texture
+    ripple[..., :, [3, 9, 31, 37]] -= 0.2  # and columns, away from the step
+    out = median_blur(ripple, 3, 2)
+    assert torch.equal(out[..., :16], torch.zeros_like(out[..., :16]))
+    assert torch.equal(out[..., 22:], torch.ones_like(out[..., 22:]))
+    assert median_blur(x, 3, 2).shape == x.shape and median_blur(x[..., :31, :39], 3, 2).shape == (1, 1, 31, 39)
+
+
 def test_candidates_are_low_plus_filtered_differences() -> None:
     low, high = _maps()
     cands = fusion_candidates(low, 2 * high + 1, (2.0, 6.0), median=3)

@@ -330,6 +330,23 @@ def test_resume_refuses_a_changed_config(straight_run):
         train(config_from_dict(tiny(straight_run, steps=8, lr=5e-4)), progress=None)
 
 
+def test_resume_may_switch_to_a_preset_with_the_same_parameters(straight_run, tmp_path):
+    """A run goes on under a preset that differs only in parameter-free settings (its
+    optimizer state and schedule continue); another architecture is refused."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    with pytest.raises(ValueError, match="preset"):
+        train(config_from_dict(tiny(out, steps=7, preset="sddr-paper")), progress=None)
+    lines: list[str] = []
+    train(config_from_dict(tiny(out, steps=7, preset="sddr-small-fast")), progress=lines.append)
+    assert lines[0] == "resumed from step-000006.json (step 6/7, preset sddr-small -> sddr-small-fast)"
+    assert Refiner.from_pretrained(out / "final").config.name == "sddr-small-fast"
+    record = json.loads((out / "checkpoints" / "step-000007.json").read_text())
+    assert record["config"]["preset"] == "sddr-small-fast"
+
+
 def _write_checkpoints(folder: Path, steps: list[int], corrupt: set[int]) -> None:
     from sddr_pipeline.training.trainer import save_checkpoint
 
@@ -397,10 +414,10 @@ def test_refused_resume_is_one_cli_line(straight_run, tmp_path, capsys):
         "settings (lr: 0.001 -> 0.0005); restore those settings,")
 
 
-@pytest.mark.parametrize("preset", ["sddr-small", "sddr-small-lean"])
+@pytest.mark.parametrize("preset", ["sddr-small", "sddr-small-fast"])
 def test_init_starts_from_given_weights(tmp_path, preset):
     """``init:`` copies weights of the same architecture before step 0 (fine-tuning), also
-    into a preset that differs only in settings that change no parameter (the lean head)."""
+    into a preset that differs only in settings that change no parameter (the fast head)."""
     src = Refiner.from_config("sddr-small", seed=11)
     src.save_pretrained(tmp_path / "w", dtype=torch.float32)
     cfg = config_from_dict(tiny(tmp_path / "run", steps=1, lr=1e-12, warmup_steps=0, init=str(tmp_path / "w"),

@@ -44,6 +44,13 @@ SIZE_LIMITS: dict[str, int] = {
     "guided_radius": 64,
 }
 
+#: Settings that change no parameter: weights trained under one run under another
+#: (``Refiner.with_config``, training ``init``, a resumed run switching presets).
+RUNTIME_SETTINGS = frozenset({
+    "name", "max_side", "guided_radius", "guided_eps", "drop_path_rate", "head_scale", "fusion_median",
+    "fusion_median_scale", "range_clamp",
+})
+
 
 def _ints(value: Any, n: int, name: str) -> tuple[int, ...]:
     try:
@@ -71,7 +78,9 @@ class RefinerConfig:
     ``fusion`` picks the output head (see :data:`FUSIONS`); ``fusion_sigmas`` are the
     gated head's frequency-merge scales in pixels of the network's input (they scale with
     the map when it runs downsampled), ``fusion_median`` the window of the median that
-    takes RGB texture out of HIGH - LOW (see :mod:`.fusion`). Configs saved before ``fusion`` existed load as
+    takes RGB texture out of HIGH - LOW (see :mod:`.fusion`), taken on that difference
+    area-downsampled by ``fusion_median_scale`` (1, 2 or 4; 2 with a 3x3 window is a
+    cheap ~6 px median). Configs saved before ``fusion`` existed load as
     ``residual``. ``head_scale`` (gated head only): the head predicts its candidate logits at
     1/``head_scale`` of the network's resolution (1, 2 or 4) and upsamples them before the
     full-resolution blend; 2 costs about a quarter of the full-resolution head. ``range_clamp`` is not architecture but the local-range clamp these
@@ -100,6 +109,7 @@ class RefinerConfig:
     fusion: str = "residual"
     fusion_sigmas: tuple[float, ...] = (3.0, 8.0, 24.0)
     fusion_median: int = 5
+    fusion_median_scale: int = 1
     head_scale: int = 1
     range_clamp: float = RANGE_CLAMP
 
@@ -167,6 +177,8 @@ class RefinerConfig:
         if isinstance(self.fusion_median, bool) or not isinstance(self.fusion_median, int) \
                 or self.fusion_median < 1 or self.fusion_median % 2 == 0 or self.fusion_median > 15:
             raise ValueError(f"fusion_median must be an odd integer in [1, 15] (1 = no median), got {self.fusion_median!r}")
+        if isinstance(self.fusion_median_scale, bool) or self.fusion_median_scale not in (1, 2, 4):
+            raise ValueError(f"fusion_median_scale must be 1, 2 or 4, got {self.fusion_median_scale!r}")
         if isinstance(self.head_scale, bool) or self.head_scale not in (1, 2, 4):
             raise ValueError(f"head_scale must be 1, 2 or 4, got {self.head_scale!r}")
         set_(self, "range_clamp", check_range_clamp(self.range_clamp))
@@ -247,7 +259,9 @@ PRESETS: dict[str, RefinerConfig] = {
 # load them and to compare designs on one budget (docs/QUALITY.md).
 PRESETS["sddr-small-residual"] = PRESETS["sddr-small"].replace(
     name="sddr-small-residual", head_channels=8, fusion="residual")
-# The speed study's cheaper gated head (docs/QUALITY.md, "Speed"): the same parameters as
-# sddr-small, candidate logits at half resolution and a 3x3 median; it starts from
-# sddr-small weights (training `init`) to be fine-tuned and compared.
-PRESETS["sddr-small-lean"] = PRESETS["sddr-small"].replace(name="sddr-small-lean", head_scale=2, fusion_median=3)
+# The gated head within the speed bar (docs/QUALITY.md, "Speed"): the same parameters as
+# sddr-small, candidate logits at half resolution, and the texture median a 3x3 one on
+# the half-resolution difference (~6 px; the exact 5x5 costs ~10% of the predictor). It
+# takes sddr-small weights (training `init`, or a resumed run switching to it).
+PRESETS["sddr-small-fast"] = PRESETS["sddr-small"].replace(
+    name="sddr-small-fast", head_scale=2, fusion_median=3, fusion_median_scale=2)

@@ -263,7 +263,7 @@ class SDDRNet(nn.Module):
             depth = low + self.head_out(torch.relu_(feat))
             omega = _upsample_to(omegas[6], low)
             return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
-        cands = fusion_candidates(low, high, self.config.fusion_sigmas, self.config.fusion_median) if candidates is None else candidates
+        cands = self._candidates(low, high) if candidates is None else candidates
         head_input = torch.cat([low, cands[:, -1:], cands[:, 1:] - low], dim=1)
         scale = self.config.head_scale
         if scale > 1:
@@ -276,6 +276,21 @@ class SDDRNet(nn.Module):
             logits = _upsample_to(logits, low)
         depth, weights = blend_candidates(cands, logits)
         return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights)
+
+    def _candidates(self, low: torch.Tensor, high: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The gated head's candidates of maps ``scale`` times the network's size: the
+        frequency-merge scales and the median grow with the map (the median's window, or
+        its downsampling factor when ``fusion_median_scale`` > 1)."""
+        cfg = self.config
+        sigmas = tuple(s * scale for s in cfg.fusion_sigmas)
+        median, factor = cfg.fusion_median, cfg.fusion_median_scale
+        if scale != 1.0 and median > 1:
+            if factor > 1:
+                factor = max(1, round(factor * scale))
+            else:
+                median = int(median * scale)
+                median += 1 - median % 2
+        return fusion_candidates(low, high, sigmas, median, factor)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor, max_side: int | None = None) -> RefinerOutput:
         """Refine ``low`` with ``high`` (both Bx1xHxW in [0, 1], same size, any H and W).
@@ -301,8 +316,7 @@ class SDDRNet(nn.Module):
         low_n, high_n = area_resize(torch.cat([low, high], dim=0), (h, w)).split(b) if resized else (low, high)
         cands = None
         if self.gated:  # built before padding, so the output mixes the true map's candidates
-            cands = pad_to_multiple(fusion_candidates(low_n, high_n, self.config.fusion_sigmas, self.config.fusion_median),
-                                    TOTAL_STRIDE)
+            cands = pad_to_multiple(self._candidates(low_n, high_n), TOTAL_STRIDE)
         out = self.forward_network(pad_to_multiple(low_n, TOTAL_STRIDE), pad_to_multiple(high_n, TOTAL_STRIDE), cands)
         h2, w2 = -(-h // 2), -(-w // 2)
         h4, w4 = -(-h // 4), -(-w // 4)
@@ -312,11 +326,7 @@ class SDDRNet(nn.Module):
         if resized and weights is not None:
             # the mix chosen at network size, applied to candidates made at full size
             weights = F.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
-            scale = max(height, width) / max(h, w)
-            sigmas = tuple(s * scale for s in self.config.fusion_sigmas)
-            median = int(self.config.fusion_median * scale) if self.config.fusion_median > 1 else 1
-            median += 1 - median % 2
-            depth = (weights * fusion_candidates(low, high, sigmas, median)).sum(1, keepdim=True)
+            depth = (weights * self._candidates(low, high, max(height, width) / max(h, w))).sum(1, keepdim=True)
             omega = 1 - weights[:, :1]
         elif resized:
             cfg = self.config

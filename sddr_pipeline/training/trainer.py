@@ -54,7 +54,7 @@ from ..io.hashing import sha256_files
 from ..io.lock import output_lock
 from ..io.resumable import check_settings
 from ..models import Refiner, RefinerOutput
-from ..models.config import PRESETS
+from ..models.config import PRESETS, RUNTIME_SETTINGS
 from ..predictors import PredictorSpec, get_predictor
 from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
@@ -367,9 +367,7 @@ def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
     src = Refiner.from_pretrained(config.init)
     want = PRESETS[config.preset].to_dict()
     have = src.config.to_dict()
-    runtime = {"name", "max_side", "guided_radius", "guided_eps", "drop_path_rate", "head_scale", "fusion_median",
-               "range_clamp"}
-    differ = sorted(k for k in want if k not in runtime and want[k] != have.get(k))
+    differ = sorted(k for k in want if k not in RUNTIME_SETTINGS and want[k] != have.get(k))
     if differ:
         raise ValueError(
             f"init weights {config.init} are not a {config.preset!r} network (they differ in {', '.join(differ)}); "
@@ -379,9 +377,19 @@ def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
     return src.version
 
 
+def same_parameters(preset: Any, other: str) -> bool:
+    """Whether presets ``preset`` and ``other`` differ only in :data:`RUNTIME_SETTINGS`: a
+    run may then resume under the other one (its optimizer state and schedule go on)."""
+    if preset not in PRESETS or other not in PRESETS:
+        return False
+    a, b = PRESETS[preset].to_dict(), PRESETS[other].to_dict()
+    return all(a[k] == b[k] for k in a if k not in RUNTIME_SETTINGS)
+
+
 def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
                       data: list[dict[str, Any]] | None = None) -> None:
-    check_settings(record.get("config", {}), config.to_dict(), f"from {path}", ignore=RESUMABLE_CHANGES,
+    ignore = RESUMABLE_CHANGES | ({"preset"} if same_parameters(record.get("config", {}).get("preset"), config.preset) else set())
+    check_settings(record.get("config", {}), config.to_dict(), f"from {path}", ignore=ignore,
                    advice="restore those settings, use another output folder, or start over with --no-resume",
                    error=ResumeError)
     before = {d.get("source"): d for d in record.get("data") or []}
@@ -532,7 +540,9 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         _check_compatible(record, config, path, examples.fingerprint())
         start = load_checkpoint(path, record, net, optimizer)
         _truncate_log(log_path, start)
-        say(f"resumed from {path.name} (step {start}/{config.steps})")
+        said = record.get("config", {}).get("preset")
+        switch = f", preset {said} -> {config.preset}" if said != config.preset else ""
+        say(f"resumed from {path.name} (step {start}/{config.steps}{switch})")
     else:
         torch.manual_seed(config.seed)
         if config.init is not None:
