@@ -1,12 +1,17 @@
 """Unit tests of the SDDR training losses on hand-built tensors with exact expectations."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from sddr_pipeline.models import RefinerOutput
 from sddr_pipeline.training.losses import (
     LossWeights,
+    align_masked,
+    selection_loss,
+    selection_targets,
     edge_guided_gradient_loss,
     fusion_loss,
     gradient_matching,
@@ -232,3 +237,54 @@ def test_loss_weights_reject_bad_values():
         LossWeights(grad=-1)
     with pytest.raises(ValueError, match="loss.trim"):
         LossWeights(trim=1.0)
+
+
+def test_align_masked_is_exact_on_affine_data_and_ignores_invalid_pixels():
+    ref = t4([0, 1, 2, 3, 4, 5], (1, 1, 2, 3))
+    src = 3 * ref - 7
+    src[..., 1, 2] = 1e6  # invalid
+    mask = t4([1, 1, 1, 1, 1, 0], (1, 1, 2, 3)).bool()
+    out = align_masked(src, ref, mask)
+    torch.testing.assert_close(out[mask], ref[mask])
+    flat = align_masked(torch.full_like(ref, 2.0), ref, mask)
+    torch.testing.assert_close(flat, torch.full_like(ref, 2.0))
+
+
+def test_selection_targets_pick_the_closest_candidate_and_its_cost():
+    target = t4([0, 0, 1, 1], (1, 1, 1, 4))
+    cands = torch.cat([torch.zeros_like(target), torch.ones_like(target), target], dim=1)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    best, spread = selection_targets(cands, target, mask, window=1)
+    assert best.flatten().tolist() == [0, 0, 1, 1]  # ties go to the first (LOW)
+    assert spread.flatten().tolist() == [1, 1, 1, 1]
+    mask[..., 0] = False
+    best, spread = selection_targets(cands[:, :2], target, mask, window=1)
+    assert best.flatten().tolist()[1:] == [0, 1, 1] and spread.flatten().tolist() == [0, 1, 1, 1]
+    _, spread = selection_targets(cands[:, :2], target, torch.zeros_like(mask), window=3)
+    assert float(spread.abs().sum()) == 0.0
+
+
+def test_selection_loss_is_the_spread_weighted_cross_entropy():
+    weights = torch.tensor([[0.5, 0.25], [0.5, 0.75]]).reshape(1, 2, 1, 2)
+    best = torch.tensor([0, 1]).reshape(1, 1, 1, 2)
+    spread = torch.tensor([1.0, 3.0]).reshape(1, 1, 1, 2)
+    expect = (1 * -math.log(0.5) + 3 * -math.log(0.75)) / 4
+    assert selection_loss(weights, best, spread).item() == pytest.approx(expect, rel=1e-6)
+    assert selection_loss(weights, best, torch.zeros_like(spread)).item() == 0.0
+
+
+def test_total_loss_adds_the_selection_term_for_a_gated_output_only_when_weighted():
+    from sddr_pipeline.models import Refiner
+
+    torch.manual_seed(0)
+    low, high = torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40)
+    refiner = Refiner.from_config("sddr-small", seed=0).train()
+    out = refiner(low, high)
+    assert out.candidates is not None and out.candidates.shape == out.weights.shape
+    target, mask = 1 + 2 * low, torch.ones_like(low, dtype=torch.bool)
+    _, parts = total_loss(out, target, mask, LossWeights())
+    assert "select" not in parts
+    total, parts = total_loss(out, target, mask, LossWeights(select=0.5))
+    assert parts["select"] > 0 and parts["total"] == pytest.approx(parts["gt"] + 0.5 * parts["select"], rel=1e-5)
+    total.backward()
+    assert refiner.net.head_out.weight.grad.abs().sum() > 0

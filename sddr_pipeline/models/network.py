@@ -30,8 +30,8 @@ class RefinerOutput(NamedTuple):
     """Refined depth (input size), side outputs at network/2 and network/4 resolution, and
     the soft masks Omega (1 = detail taken from the high-res input) at input, network/2 and
     network/4 resolution. All are Bx1xHxW. The gated head also returns its candidate
-    ``weights`` (BxKxHxW, input size; None for the residual head); its full-size Omega is
-    one minus the weight of LOW."""
+    ``weights`` (BxKxHxW, input size; None for the residual head) and the ``candidates``
+    they mix (same shape); its full-size Omega is one minus the weight of LOW."""
 
     depth: torch.Tensor
     side2: torch.Tensor
@@ -40,6 +40,7 @@ class RefinerOutput(NamedTuple):
     omega2: torch.Tensor
     omega4: torch.Tensor
     weights: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
 
 
 def network_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -275,7 +276,7 @@ class SDDRNet(nn.Module):
         if scale > 1:
             logits = _upsample_to(logits, low)
         depth, weights = blend_candidates(cands, logits)
-        return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights)
+        return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights, cands)
 
     def _candidates(self, low: torch.Tensor, high: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """The gated head's candidates of maps ``scale`` times the network's size: the
@@ -326,8 +327,11 @@ class SDDRNet(nn.Module):
         if resized and weights is not None:
             # the mix chosen at network size, applied to candidates made at full size
             weights = F.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
-            depth = (weights * self._candidates(low, high, max(height, width) / max(h, w))).sum(1, keepdim=True)
+            cands = self._candidates(low, high, max(height, width) / max(h, w))
+            depth = (weights * cands).sum(1, keepdim=True)
             omega = 1 - weights[:, :1]
+        elif cands is not None:
+            cands = cands[..., :h, :w]
         elif resized:
             cfg = self.config
             depth = guided_upsample(depth, high_n, high, cfg.guided_radius, cfg.guided_eps)
@@ -340,4 +344,5 @@ class SDDRNet(nn.Module):
             omega2=out.omega2[..., :h2, :w2],
             omega4=out.omega4[..., :h4, :w4],
             weights=weights,
+            candidates=cands,
         )

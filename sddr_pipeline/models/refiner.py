@@ -71,7 +71,7 @@ class Refiner:
     """A refinement network with its config, device, dtype and a version for manifests.
 
     Call it as ``refiner(low, high)`` with Bx1xHxW (or HxW) tensors in [0, 1]; HxW inputs
-    give HxW outputs. Outside training the call runs under ``torch.inference_mode``.
+    give HxW outputs (KxHxW for the gated head's weights and candidates). Outside training the call runs under ``torch.inference_mode``.
     On construction the network is put in channels_last memory format, which is several
     times faster for oneDNN (CPU) convolutions and changes no result. It starts in eval
     mode; training code calls ``.train()`` (or uses ``.net`` directly).
@@ -245,7 +245,7 @@ class Refiner:
             with torch.inference_mode():
                 out = self.net(low, high, max_side)
         if squeeze:
-            out = RefinerOutput(*(t[0, 0] for t in out))
+            out = RefinerOutput(*(None if t is None else t[0] if t.shape[1] > 1 else t[0, 0] for t in out))
         return out
 
     def __repr__(self) -> str:

@@ -8,6 +8,8 @@ Pure torch functions on Bx1xHxW maps with boolean Bx1xHxW masks of valid pixels:
 * :func:`edge_guided_gradient_loss` -- the prediction's gradient matched to the
   pseudo-label G_S inside high-frequency regions (:func:`high_frequency_regions`);
 * :func:`fusion_loss` -- a quantile hinge on the soft masks Omega;
+* :func:`selection_loss` -- the gated head's candidate weights against the candidate
+  closest to the ground truth (a direct signal for its choice; off unless ``select`` > 0);
 * :func:`total_loss` -- the weighted sum and its float components.
 """
 from __future__ import annotations
@@ -33,6 +35,8 @@ class LossWeights:
     ``side4`` weight L_gt on the full output and the 1/2, 1/4 side outputs (the paper gives
     no values; the side outputs are auxiliary, so they get less); ``trim`` is the fraction
     of worst pixels the MAE drops; ``scales`` the number of gradient-matching scales.
+    ``select`` weights :func:`selection_loss` (gated head only), whose per-candidate errors
+    are averaged over ``select_window`` px boxes.
     """
 
     gt: float = 1.0
@@ -44,9 +48,11 @@ class LossWeights:
     side4: float = 0.25
     trim: float = 0.2
     scales: int = 4
+    select: float = 0.0
+    select_window: int = 5
 
     def __post_init__(self) -> None:
-        for key in ("gt", "grad", "fusion", "alpha", "full", "side2", "side4"):
+        for key in ("gt", "grad", "fusion", "alpha", "full", "side2", "side4", "select"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{key} must be a finite number >= 0, got {value!r}")
@@ -54,6 +60,9 @@ class LossWeights:
             raise ValueError(f"loss.trim must be in [0, 1), got {self.trim!r}")
         if isinstance(self.scales, bool) or not isinstance(self.scales, int) or self.scales < 1:
             raise ValueError(f"loss.scales must be an integer >= 1, got {self.scales!r}")
+        w = self.select_window
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1 or w % 2 == 0:
+            raise ValueError(f"loss.select_window must be an odd integer >= 1, got {w!r}")
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -293,6 +302,49 @@ def fusion_loss(omega2: torch.Tensor, omega4: torch.Tensor, gs: torch.Tensor, q_
     return (terms[0] + terms[1]) / 2
 
 
+def align_masked(src: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``src`` least-squares scale/shift aligned to ``ref`` over each sample's valid pixels
+    (Bx1xHxW each); a sample with no spread in ``src`` is shifted to ``ref``'s mean."""
+    m = mask.to(src.dtype)
+    n = m.flatten(1).sum(1).clamp_min(1).view(-1, 1, 1, 1)
+    ms = (src * m).flatten(1).sum(1).view_as(n) / n
+    mr = (ref * m).flatten(1).sum(1).view_as(n) / n
+    ds = (src - ms) * m
+    var = (ds * ds).flatten(1).sum(1).view_as(n)
+    cov = (ds * (ref - mr)).flatten(1).sum(1).view_as(n)
+    ok = var > _EPS * n
+    scale = torch.where(ok, cov / torch.where(ok, var, torch.ones_like(var)), torch.zeros_like(var))
+    return scale * (src - ms) + mr
+
+
+def selection_targets(candidates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best, spread) per pixel: the index (Bx1xHxW, long) of the candidate whose mean
+    absolute error to ``target`` (already in the candidates' units) over the valid pixels
+    of a ``window`` box is smallest, and the largest minus that smallest error: what a
+    wrong choice costs there (0 where no valid pixel is near)."""
+    m = mask.to(candidates.dtype)
+    err = (candidates - target).abs() * m
+    if window > 1:
+        pad = window // 2
+        err = F.avg_pool2d(err, window, 1, pad, count_include_pad=False)
+        m = F.avg_pool2d(m, window, 1, pad, count_include_pad=False)
+    err = err / m.clamp_min(_EPS)
+    low, best = err.min(1, keepdim=True)
+    spread = torch.where(m > 0, err.max(1, keepdim=True).values - low, torch.zeros_like(low))
+    return best, spread
+
+
+def selection_loss(weights: torch.Tensor, best: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the candidate ``weights`` (softmax, BxKxHxW) against ``best``, each
+    pixel weighted by ``spread`` (:func:`selection_targets`) and normalised by its sum."""
+    total = spread.sum()
+    if float(total) <= 0:
+        return _zero(weights)
+    nll = -torch.log(weights.float().gather(1, best).clamp_min(1e-6))
+    return (nll * spread).sum() / total
+
+
 def total_loss(
     output: RefinerOutput,
     target: torch.Tensor,
@@ -301,7 +353,7 @@ def total_loss(
     gs: torch.Tensor | None = None,
     regions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L = gt * L_gt + grad * L_grad + fusion * L_fusion``.
+    """``L = gt * L_gt + grad * L_grad + fusion * L_fusion + select * L_select``.
 
     Without a pseudo-label ``gs`` (stage 1) only L_gt is computed. ``regions`` defaults to
     :func:`high_frequency_regions` of ``gs``. Returns the total and a dict of floats
@@ -321,5 +373,12 @@ def total_loss(
             l_fusion = fusion_loss(output.omega2, output.omega4, gs)
             total = total + weights.fusion * l_fusion
             parts["fusion"] = float(l_fusion.detach())
+    if weights.select and output.weights is not None and output.candidates is not None:
+        cands = output.candidates.detach().float()
+        best, spread = selection_targets(cands, align_masked(target.float(), cands[:, :1], mask), mask,
+                                         weights.select_window)
+        l_select = selection_loss(output.weights, best, spread)
+        total = total + weights.select * l_select
+        parts["select"] = float(l_select.detach())
     parts["total"] = float(total.detach())
     return total, parts

@@ -377,6 +377,14 @@ def load_init(net: torch.nn.Module, config: TrainConfig) -> str:
     return src.version
 
 
+def _with_defaults(recorded: Any, defaults: Any) -> Any:
+    """``recorded`` settings with the keys it lacks taken from ``defaults`` (nested): a
+    setting added after a checkpoint was made, at its default, changes nothing."""
+    if not isinstance(recorded, dict) or not isinstance(defaults, dict):
+        return recorded
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in recorded.items()}}
+
+
 def same_parameters(preset: Any, other: str) -> bool:
     """Whether presets ``preset`` and ``other`` differ only in :data:`RUNTIME_SETTINGS`: a
     run may then resume under the other one (its optimizer state and schedule go on)."""
@@ -388,8 +396,9 @@ def same_parameters(preset: Any, other: str) -> bool:
 
 def _check_compatible(record: dict[str, Any], config: TrainConfig, path: Path,
                       data: list[dict[str, Any]] | None = None) -> None:
-    ignore = RESUMABLE_CHANGES | ({"preset"} if same_parameters(record.get("config", {}).get("preset"), config.preset) else set())
-    check_settings(record.get("config", {}), config.to_dict(), f"from {path}", ignore=ignore,
+    recorded = _with_defaults(record.get("config", {}), TrainConfig(steps=1).to_dict())
+    ignore = RESUMABLE_CHANGES | ({"preset"} if same_parameters(recorded.get("preset"), config.preset) else set())
+    check_settings(recorded, config.to_dict(), f"from {path}", ignore=ignore,
                    advice="restore those settings, use another output folder, or start over with --no-resume",
                    error=ResumeError)
     before = {d.get("source"): d for d in record.get("data") or []}
