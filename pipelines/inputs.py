@@ -232,9 +232,10 @@ def _colmap_model(fs, path: str) -> str | None:
     return None
 
 
-def _camera_row(intrinsics, pose=None, sparse_depth=None, depth_uri: str | None = None,
+def camera_columns(intrinsics, pose=None, sparse_depth=None, depth_uri: str | None = None,
                 depth_unit: float | None = None) -> dict[str, Any]:
-    """The :data:`CAMERA_COLUMNS` values of one image."""
+    """The :data:`CAMERA_COLUMNS` values of one image (an :class:`~sddr_pipeline.geometry.Intrinsics`,
+    a 4x4 camera-to-world or None, Nx3 sparse depths or None, a depth map's URI and unit)."""
     from sddr_pipeline.shards.schema import encode_array
 
     return {"fx": intrinsics.fx, "fy": intrinsics.fy, "cx": intrinsics.cx, "cy": intrinsics.cy,
@@ -271,7 +272,7 @@ def _list_colmap(uri: str, fs, path: str) -> InputSet:
     for v in views:
         ident = check_id(id_from_path(v.name), where)
         pairs.append((ident, unstrip(fs, join(images, v.name))))
-        cameras[ident] = _camera_row(v.intrinsics, v.camera_to_world, v.sparse_depth)
+        cameras[ident] = camera_columns(v.intrinsics, v.camera_to_world, v.sparse_depth)
     return _finish(uri, "colmap", pairs, cameras=cameras)
 
 
@@ -291,7 +292,7 @@ def _list_transforms(uri: str, fs, path: str, attempts: int | None, max_wait_s: 
         ident = check_id(id_from_path(v.name), where)
         depth = None if v.depth_path is None else unstrip(fs, join(base, v.depth_path) if base else v.depth_path)
         pairs.append((ident, unstrip(fs, join(base, v.name) if base else v.name)))
-        cameras[ident] = _camera_row(v.intrinsics, v.camera_to_world, None, depth, v.depth_unit)
+        cameras[ident] = camera_columns(v.intrinsics, v.camera_to_world, None, depth, v.depth_unit)
     return _finish(uri, "transforms", pairs, cameras=cameras)
 
 

@@ -38,7 +38,7 @@ from sddr_pipeline.shards.schema import (
     result_schema,
 )
 
-from .inputs import CAMERA_COLUMNS, CAMERA_FIELDS
+from .inputs import CAMERA_COLUMNS, CAMERA_FIELDS, camera_columns
 
 #: What the read step hands the model stage: the image's bytes, or why they are missing.
 INPUT_SCHEMA = pa.schema([
@@ -88,14 +88,12 @@ def decode_depth_bytes(data: bytes, name: str, unit: float | None = None) -> np.
 
 def _dataset_camera(sample) -> dict[str, Any]:
     """Camera columns of a dataset sample: its K (for its own image size) and pose."""
-    out: dict[str, Any] = {c: None for c in CAMERA_COLUMNS}
-    if sample.intrinsics is not None:
-        K = np.asarray(sample.intrinsics, dtype=np.float64)
-        out.update(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]))
+    from sddr_pipeline.geometry.intrinsics import Intrinsics
+
+    if sample.intrinsics is None:
+        return {c: None for c in CAMERA_COLUMNS}
     pose = sample.meta.get("pose")
-    if pose is not None:
-        out["camera_to_world"] = [float(v) for v in np.asarray(pose, dtype=np.float64).reshape(-1)]
-    return out
+    return camera_columns(Intrinsics.from_matrix(sample.intrinsics), None if pose is None else np.asarray(pose, np.float64))
 
 
 def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,

@@ -38,27 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SDDR_SHARED_DATA", REPO.parent / "shared" / "data")) / "rgbd_sequence_sample"
 
 
-def subset(data: Path, frames: int, root: Path) -> Path:
-    """The first ``frames`` frames of an rgbd_sequence folder (all of it when it has no more)."""
-    import shutil
-
-    colours = sorted((data / "color").iterdir())
-    if frames >= len(colours):
-        return data
-    out = root / "data"
-    (out / "color").mkdir(parents=True)
-    (out / "depth").mkdir()
-    blocks = (data / "trajectory.log").read_text().splitlines()
-    match = []
-    for path in colours[:frames]:
-        shutil.copyfile(path, out / "color" / path.name)
-        shutil.copyfile(data / "depth" / f"{path.stem}.png", out / "depth" / f"{path.stem}.png")
-        match.append(f"depth/{path.stem}.png color/{path.name}")
-    (out / "trajectory.log").write_text("\n".join(blocks[:5 * frames]) + "\n")
-    (out / "rgbd.match").write_text("\n".join(match) + "\n")
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -74,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     from sddr_pipeline.cli.main import main as sddr
     from sddr_pipeline.pipelines.pointcloud import point_accuracy
 
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_pipelines_points import rgbd_subset  # the tests' frame subset, so both measure the same way
+
     with tempfile.TemporaryDirectory(prefix="sddr-pc-accuracy-") as tmp:
-        data = subset(args.data, args.frames, Path(tmp))
+        frames = len(list((args.data / "color").iterdir()))
+        data = args.data if args.frames >= frames else rgbd_subset(args.data, Path(tmp) / "data", list(range(args.frames)))
         out = Path(tmp) / "points"
         command = ["pipeline", "pointcloud", str(data), str(out), "--predictor", args.predictor, "--weights", args.weights,
                    "--scale-points", str(args.scale_points), "--gpus-per-actor", "0", "--actors", "1",

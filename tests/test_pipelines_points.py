@@ -147,8 +147,12 @@ def test_transforms_views_flip_axes_and_shift_pixel_centres():
 
 
 def test_pointcloud_config_errors_name_the_setting():
+    from sddr_pipeline.pipelines.config import configs_dir, load_config
+
     base = {"input": "in", "output": "out", "predictor": "simulated"}
     assert build_config(PointCloudPipelineConfig, base).voxel == 0.01
+    bundled = load_config(PointCloudPipelineConfig, configs_dir() / "pointcloud.yaml", {"input": "i", "output": "o"})
+    assert bundled == build_config(PointCloudPipelineConfig, {**base, "input": "i", "output": "o"})  # the defaults
     with pytest.raises(ConfigError, match="^scale_points: must be an integer of at least 3"):
         build_config(PointCloudPipelineConfig, {**base, "scale_points": 2})
     with pytest.raises(ConfigError, match="^min_confidence"):
