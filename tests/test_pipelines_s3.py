@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -159,7 +160,7 @@ def test_pointcloud_pipeline_transforms_json_on_s3(s3, tmp_path, weights, ray_cl
     table = pq.read_table("bucket/pc/out/shards", filesystem=s3.fs)
     assert table.column_names == ["image_id", "x", "y", "z", "r", "g", "b", "confidence"]
     assert sorted(set(table.column("image_id").to_pylist())) == ["images/00000", "images/00001"]
-    first = table.filter(pa.compute.equal(table.column("image_id"), "images/00000"))
+    first = table.filter(pc.equal(table.column("image_id"), "images/00000"))
     xyz = np.stack([first.column(c).to_numpy() for c in "xyz"], axis=1)
     exact = depth_to_pointcloud(samples[0].gt, intrinsics_from_sample(samples[0]), camera_to_world=samples[0].meta["pose"])
     assert float(np.median(nearest_distances(xyz, exact.points))) < 0.05  # the world frame of the poses
