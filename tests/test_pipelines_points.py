@@ -161,6 +161,22 @@ def test_pointcloud_config_errors_name_the_setting():
         build_config(PointCloudPipelineConfig, {**base, "merge_by": "tile"})
 
 
+def test_cli_positionals_and_voxel_zero(monkeypatch):
+    import sddr_pipeline.pipelines.pointcloud as module
+    from sddr_pipeline.cli.main import main
+    from sddr_pipeline.pipelines.runner import PipelineReport
+
+    seen = []
+    monkeypatch.setattr(module, "run_pointcloud", lambda config, progress=None: seen.append(config) or
+                        PipelineReport(output=config.output, total=0, pending_at_start=0))
+    assert main(["pipeline", "pointcloud", "in", "out", "--predictor", "simulated", "--voxel", "0", "--quiet"]) == 0
+    assert (seen[0].input, seen[0].output, seen[0].voxel, seen[0].min_confidence) == ("in", "out", None, 0.3)
+    assert main(["pipeline", "pointcloud", "in", "out", "--predictor", "simulated", "--voxel", "0.05",
+                 "--scale-points", "50", "--quiet"]) == 0
+    assert (seen[1].voxel, seen[1].scale_points) == (0.05, 50)
+    assert main(["pipeline", "pointcloud", "in", "--input", "x", "--predictor", "simulated"]) == 2
+
+
 # ------------------------------------------------------------------------ inputs
 
 
