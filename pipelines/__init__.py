@@ -2,6 +2,8 @@
 
 - :func:`run_refine_pipeline`: refined depth shards (``sddr pipeline refine``)
 - :func:`run_pseudolabel_pipeline`: self-distillation training shards (``sddr pseudolabel``)
+- :func:`run_pointcloud_pipeline`: metric point shards (``sddr pipeline pointcloud``);
+  :func:`merge_point_shards`: PLY files from them (``sddr pipeline merge``)
 - :func:`add_pipeline_arguments`, :func:`add_pseudolabel_arguments`,
   :func:`add_bench_pipeline_arguments`: the CLI wiring
 - ``stage``: the reusable Ray Data stages; ``configs/``: example YAML configs
@@ -17,6 +19,11 @@ _LAZY = {
     "run_refine": "refine",
     "run_pseudolabel_pipeline": "pseudolabel",
     "run_pseudolabel": "pseudolabel",
+    "run_pointcloud_pipeline": "pointcloud",
+    "run_pointcloud": "pointcloud",
+    "merge_point_shards": "pointcloud",
+    "point_accuracy": "pointcloud",
+    "PointCloudPipelineConfig": "config",
     "RefinePipelineConfig": "config",
     "PseudoLabelPipelineConfig": "config",
     "RayConfig": "config",
@@ -30,6 +37,7 @@ _LAZY = {
     "PipelineReport": "runner",
     "RefineStage": "stage",
     "PseudoLabelStage": "stage",
+    "PointCloudStage": "stage",
     "add_pipeline_arguments": "cli",
     "add_pseudolabel_arguments": "cli",
     "add_bench_pipeline_arguments": "cli",

@@ -1,7 +1,7 @@
 """Pipeline settings: plain dataclasses, loaded from YAML and validated with clear errors.
 
-A YAML file holds the fields of :class:`RefinePipelineConfig` or
-:class:`PseudoLabelPipelineConfig` at the top level and Ray's under ``ray:`` (see
+A YAML file holds the fields of :class:`RefinePipelineConfig`,
+:class:`PseudoLabelPipelineConfig` or :class:`PointCloudPipelineConfig` at the top level and Ray's under ``ray:`` (see
 ``pipelines/configs/*.yaml``). Every error names the key. ``None`` resource settings are
 chosen from the Ray cluster when the job starts (:mod:`.resources`).
 """
@@ -21,6 +21,7 @@ from sddr_pipeline.io.mappings import check_keys, field_names
 from .inputs import INPUT_KINDS
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+MERGE_GROUPS: tuple[str, ...] = ("all", "folder", "tile")
 
 C = TypeVar("C", bound="PipelineConfig")
 
@@ -175,17 +176,22 @@ class RefinePipelineConfig(PipelineConfig):
 
     def validate(self) -> None:
         super().validate()
-        _check(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _check(_is_int(self.steps) and self.steps > 0, "steps", f"must be a positive integer, got {self.steps!r}")
+        _check_refinement(self)
         _check(isinstance(self.save_predictions, bool), "save_predictions", "must be true or false")
         _check(isinstance(self.confidence, bool), "confidence", "must be true or false")
-        if self.range_clamp is not None:
-            try:
-                ok = isinstance(self.range_clamp, (int, float)) and check_range_clamp(self.range_clamp) >= 0
-            except ValueError:
-                ok = False
-            _check(ok, "range_clamp",
-                   f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {self.range_clamp!r}")
+
+
+def _check_refinement(config: Any) -> None:
+    """``mode``, ``steps`` and ``range_clamp`` of a config that refines."""
+    _check(config.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {config.mode!r}")
+    _check(_is_int(config.steps) and config.steps > 0, "steps", f"must be a positive integer, got {config.steps!r}")
+    if config.range_clamp is not None:
+        try:
+            ok = isinstance(config.range_clamp, (int, float)) and check_range_clamp(config.range_clamp) >= 0
+        except ValueError:
+            ok = False
+        _check(ok, "range_clamp",
+               f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {config.range_clamp!r}")
 
 
 @dataclass
@@ -208,6 +214,57 @@ class PseudoLabelPipelineConfig(PipelineConfig):
         _check(_is_int(self.regions) and 1 <= self.regions <= 255, "regions", f"must be an integer in [1, 255], got {self.regions!r}")
 
 
+@dataclass
+class PointCloudPipelineConfig(PipelineConfig):
+    """:class:`PipelineConfig` plus point clouds (``sddr pipeline pointcloud``).
+
+    Refinement: ``mode``, ``steps``, ``range_clamp`` as :class:`RefinePipelineConfig`.
+    Metric scale, in this order: ``scale_points`` (N random pixels of each image's own
+    depth map: RGB-D, LiDAR; at least 3), else the image's SfM points (at least
+    ``min_sfm_points``), else a metric predictor; a fit whose median relative error at
+    those points exceeds ``max_scale_error`` (null: never) fails the image. Unprojection:
+    pixels with confidence below ``min_confidence`` (null: keep all) or farther than
+    ``depth_max`` are dropped, ``stride`` keeps every N-th row and column, ``voxel``
+    (world units, metres for metric scale; null: off) keeps one averaged point per cube.
+    ``merge_ply``: after the job, write downsampled PLY files there
+    (:func:`~.pointcloud.merge_point_shards`, ``merge_voxel``, ``merge_by``: ``all``,
+    ``folder`` or ``tile`` cubes of ``tile_size``)."""
+
+    mode: str = "one-stage"
+    steps: int = 2
+    range_clamp: float | None = None
+    scale_points: int | None = None
+    min_sfm_points: int = 10
+    max_scale_error: float | None = 0.2
+    min_confidence: float | None = 0.3
+    voxel: float | None = 0.01
+    depth_max: float | None = None
+    stride: int = 1
+    rows_per_shard: int = 32
+    merge_ply: str | None = None
+    merge_voxel: float | None = None
+    merge_by: str = "all"
+    tile_size: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        _check_refinement(self)
+        for key in ("min_sfm_points", "stride"):
+            v = getattr(self, key)
+            _check(_is_int(v) and v > 0, key, f"must be a positive integer, got {v!r}")
+        v = self.scale_points
+        _check(v is None or (_is_int(v) and v >= 3), "scale_points", f"must be an integer of at least 3 or null, got {v!r}")
+        v = self.min_confidence
+        _check(v is None or (_is_number(v) and 0 <= v <= 1), "min_confidence", f"must be a number in [0, 1] or null, got {v!r}")
+        for key in ("max_scale_error", "voxel", "depth_max", "merge_voxel", "tile_size"):
+            v = getattr(self, key)
+            _check(v is None or (_is_number(v) and v > 0), key, f"must be a positive number or null, got {v!r}")
+        _check(self.merge_ply is None or (isinstance(self.merge_ply, str) and bool(self.merge_ply.strip())), "merge_ply",
+               f"must be an output URI or null, got {self.merge_ply!r}")
+        _check(self.merge_by in MERGE_GROUPS, "merge_by", f"must be one of {', '.join(MERGE_GROUPS)}, got {self.merge_by!r}")
+        _check(self.merge_by != "tile" or self.tile_size is not None, "tile_size", "is required when merge_by is 'tile'")
+
+
 def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
     """``cls`` from a mapping (YAML content plus overrides), with unknown keys refused."""
     kwargs = check_keys(values, field_names(cls), what="pipeline config", noun="setting", error=ConfigError)
@@ -218,7 +275,8 @@ def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
         ray_cfg = RayConfig(**check_keys(ray_values, field_names(RayConfig), what="pipeline config", where="ray",
                                          noun="setting", error=ConfigError))
     for key in ("gpus_per_actor", "cpus_per_actor", "read_cpus", "max_failed_share", "stall_timeout_s", "top",
-                "io_retry_timeout_s"):
+                "io_retry_timeout_s", "max_scale_error", "min_confidence", "voxel", "depth_max", "merge_voxel",
+                "tile_size"):
         if _is_int(kwargs.get(key)):
             kwargs[key] = float(kwargs[key])
     config = cls(**kwargs, ray=ray_cfg)

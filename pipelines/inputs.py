@@ -15,7 +15,24 @@ Input kinds (``auto`` picks one from the URI):
   ``#`` comments are skipped.
 * ``parquet``: a ``.parquet`` file or a folder of them with an ``id`` column and an
   ``image`` column (encoded image bytes, or a HuggingFace-style struct with ``bytes``),
-  optionally ``source``.
+  optionally ``source``, and for point clouds the camera columns (:data:`CAMERA_FIELDS`:
+  ``fx``, ``fy``, ``cx``, ``cy`` required; ``camera_width``, ``camera_height``,
+  ``camera_to_world``, ``sparse_depth``, ``depth``, ``depth_unit`` optional).
+* ``colmap`` (point clouds): a COLMAP workspace, ``sparse/0`` (or ``sparse/``) with
+  ``cameras``/``images``/``points3D`` ``.bin`` or ``.txt`` and ``images/``; PINHOLE or
+  SIMPLE_PINHOLE cameras (undistort first). Ids are the registered images' names without
+  extension; each carries its intrinsics, pose and usable SfM observations (track of at
+  least 2 images, reprojection error at most 2 px).
+* ``transforms`` (point clouds): a nerfstudio / instant-ngp ``transforms.json`` (or a
+  folder holding one). Ids are the frames' ``file_path`` without extension; each carries
+  its intrinsics, pose and nerfstudio's ``depth_file_path`` (unit
+  ``depth_unit_scale_factor``, default 1e-3).
+
+With ``cameras=True`` (the point-cloud job) ``auto`` also recognises a ``.json`` file as
+``transforms`` and a folder with a COLMAP model (``sparse/0`` or ``sparse/``) as
+``colmap`` (a folder with both: ``colmap``, whose SfM points can scale the maps), else a
+folder with ``transforms.json`` as ``transforms``. Remote COLMAP models are copied to a
+temporary folder to be read (pycolmap reads local files only).
 
 Ids are data, never file names (shards are named by index), but they must be clean keys:
 non-empty, no control characters, no backslashes, not absolute, no ``.``/``..`` or empty
@@ -24,10 +41,12 @@ path segments. Other characters (spaces, unicode) are kept as they are.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sddr_pipeline.data import IMAGE_EXTENSIONS
@@ -35,8 +54,26 @@ from sddr_pipeline.io.names import name_problem, shorten
 from sddr_pipeline.shards.io import (DEFAULT_MAX_WAIT_S, filesystem, join, parquet_files, protocols, read_bytes, retry,
                                      unstrip)
 
-INPUT_KINDS: tuple[str, ...] = ("auto", "images", "dataset", "list", "parquet")
+INPUT_KINDS: tuple[str, ...] = ("auto", "images", "dataset", "list", "parquet", "colmap", "transforms")
 MAX_ID_LENGTH = 1024
+#: Per-image camera columns of point-cloud inputs, as the read step hands them on.
+#: Intrinsics in the integer-pixel-centre convention (the centre of pixel (row v, col u)
+#: is at (u, v)) for an image of ``camera_width`` x ``camera_height`` (null: the image's
+#: own size); ``camera_to_world`` 16 floats, a row-major 4x4 with OpenCV camera axes (x
+#: right, y down, z forward); ``sparse_depth`` ``.npy`` Nx3 (row, col, metric depth) of
+#: SfM points or LiDAR samples; ``depth_uri``/``depth_unit`` a depth map to read (PNG or
+#: ``.npy``; metres = value * unit); ``depth`` the same map's bytes in a Parquet input.
+CAMERA_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("fx", pa.float64()), pa.field("fy", pa.float64()), pa.field("cx", pa.float64()), pa.field("cy", pa.float64()),
+    pa.field("camera_width", pa.int32()), pa.field("camera_height", pa.int32()),
+    pa.field("camera_to_world", pa.list_(pa.float64())), pa.field("sparse_depth", pa.binary()),
+    pa.field("depth_uri", pa.string()), pa.field("depth_unit", pa.float64()),
+)
+CAMERA_COLUMNS: tuple[str, ...] = tuple(f.name for f in CAMERA_FIELDS)
+#: Columns of a Parquet input the point-cloud job reads besides ``id``/``image``/``source``.
+PARQUET_CAMERA_COLUMNS: tuple[str, ...] = ("fx", "fy", "cx", "cy", "camera_width", "camera_height", "camera_to_world",
+                                           "sparse_depth", "depth", "depth_unit")
+REQUIRED_CAMERA_COLUMNS: tuple[str, ...] = ("fx", "fy", "cx", "cy")
 
 
 class InputError(ValueError):
@@ -49,7 +86,8 @@ class InputSet:
 
     For ``parquet`` inputs ``sources`` name the file each row came from and ``files`` list
     the files to read; for ``dataset`` inputs ``root``/``layout`` reopen the dataset and
-    ``sources`` are ``root/id`` until the read step fills in the image's path."""
+    ``sources`` are ``root/id`` until the read step fills in the image's path. ``cameras``
+    (``colmap``, ``transforms``) maps each id to its :data:`CAMERA_COLUMNS` values."""
 
     uri: str
     kind: str
@@ -58,6 +96,7 @@ class InputSet:
     files: tuple[str, ...] = ()
     root: str | None = None
     layout: str | None = None
+    cameras: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": self.uri, "kind": self.kind, "count": len(self.ids)}
@@ -164,7 +203,7 @@ def _list_file(uri: str, fs, path: str, attempts: int | None, max_wait_s: float)
     return _finish(uri, "list", pairs)
 
 
-def _list_parquet(uri: str, fs, path: str) -> InputSet:
+def _list_parquet(uri: str, fs, path: str, cameras: bool = False) -> InputSet:
     files = [path] if fs.isfile(path) else parquet_files(fs, path)
     if not files:
         raise InputError(f"input {uri} holds no .parquet files")
@@ -174,18 +213,102 @@ def _list_parquet(uri: str, fs, path: str) -> InputSet:
         missing = {"id", "image"} - set(schema.names)
         if missing:
             raise InputError(f"{unstrip(fs, f)}: image shards need columns 'id' and 'image'; missing {sorted(missing)}")
+        no_camera = [c for c in REQUIRED_CAMERA_COLUMNS if c not in schema.names]
+        if cameras and no_camera:
+            raise InputError(f"{unstrip(fs, f)}: point clouds need the intrinsics columns "
+                             f"{', '.join(REQUIRED_CAMERA_COLUMNS)}; missing {', '.join(no_camera)}")
         ids = pq.read_table(f, filesystem=fs, columns=["id"]).column("id").to_pylist()
         where = unstrip(fs, f)
         pairs.extend((check_id(i, where), where) for i in ids)
     return _finish(uri, "parquet", pairs, files=tuple(unstrip(fs, f) for f in files))
 
 
-def detect_kind(uri: str, fs, path: str) -> str:
-    """``images``, ``dataset``, ``list`` or ``parquet`` for an input URI (see module doc)."""
+def _colmap_model(fs, path: str) -> str | None:
+    """The folder of the COLMAP model of a workspace (``sparse/0``, else ``sparse``), or None."""
+    for sub in ("sparse/0", "sparse"):
+        folder = join(path, sub)
+        if any(fs.isfile(join(folder, f"cameras.{ext}")) for ext in ("bin", "txt")):
+            return folder
+    return None
+
+
+def camera_columns(intrinsics, pose=None, sparse_depth=None, depth_uri: str | None = None,
+                depth_unit: float | None = None) -> dict[str, Any]:
+    """The :data:`CAMERA_COLUMNS` values of one image (an :class:`~sddr_pipeline.geometry.Intrinsics`,
+    a 4x4 camera-to-world or None, Nx3 sparse depths or None, a depth map's URI and unit)."""
+    from sddr_pipeline.shards.schema import encode_array
+
+    return {"fx": intrinsics.fx, "fy": intrinsics.fy, "cx": intrinsics.cx, "cy": intrinsics.cy,
+            "camera_width": intrinsics.width, "camera_height": intrinsics.height,
+            "camera_to_world": None if pose is None else [float(v) for v in pose.reshape(-1)],
+            "sparse_depth": None if sparse_depth is None else encode_array(sparse_depth),
+            "depth_uri": depth_uri, "depth_unit": depth_unit}
+
+
+def _list_colmap(uri: str, fs, path: str) -> InputSet:
+    from sddr_pipeline.geometry.cameras import CameraError, colmap_views, require_pycolmap
+
+    model = _colmap_model(fs, path)
+    if model is None:
+        raise InputError(f"{uri}: no COLMAP model (sparse/0 or sparse/ with cameras.bin or cameras.txt)")
+    images = join(path, "images")
+    pycolmap = require_pycolmap()
+    where = unstrip(fs, model)
+    with tempfile.TemporaryDirectory(prefix="sddr-colmap-") as tmp:
+        local = model
+        if not is_local(fs):
+            for name in fs.ls(model, detail=False):
+                base = name.rstrip("/").rsplit("/", 1)[-1]
+                if base.split(".")[0] in ("cameras", "images", "points3D", "rigs", "frames"):
+                    fs.get(name, str(Path(tmp) / base))
+            local = tmp
+        try:
+            views = colmap_views(pycolmap.Reconstruction(local), where)
+        except CameraError as exc:
+            raise InputError(str(exc)) from None
+    if not views:
+        raise InputError(f"{where}: the model has no registered images")
+    pairs, cameras = [], {}
+    for v in views:
+        ident = check_id(id_from_path(v.name), where)
+        pairs.append((ident, unstrip(fs, join(images, v.name))))
+        cameras[ident] = camera_columns(v.intrinsics, v.camera_to_world, v.sparse_depth)
+    return _finish(uri, "colmap", pairs, cameras=cameras)
+
+
+def _list_transforms(uri: str, fs, path: str, attempts: int | None, max_wait_s: float) -> InputSet:
+    from sddr_pipeline.geometry.cameras import CameraError, parse_transforms, transforms_views
+
+    file = path if fs.isfile(path) else join(path, "transforms.json")
+    where = unstrip(fs, file)
+    base = file.rsplit("/", 1)[0] if "/" in file else ""
+    try:
+        views = transforms_views(parse_transforms(read_bytes(fs, file, attempts=attempts, max_wait_s=max_wait_s), where,
+                                                  InputError), where)
+    except CameraError as exc:
+        raise InputError(str(exc)) from None
+    pairs, cameras = [], {}
+    for v in views:
+        ident = check_id(id_from_path(v.name), where)
+        depth = None if v.depth_path is None else unstrip(fs, join(base, v.depth_path) if base else v.depth_path)
+        pairs.append((ident, unstrip(fs, join(base, v.name) if base else v.name)))
+        cameras[ident] = camera_columns(v.intrinsics, v.camera_to_world, None, depth, v.depth_unit)
+    return _finish(uri, "transforms", pairs, cameras=cameras)
+
+
+def detect_kind(uri: str, fs, path: str, cameras: bool = False) -> str:
+    """``images``, ``dataset``, ``list`` or ``parquet`` for an input URI (see module doc);
+    with ``cameras`` also ``colmap`` or ``transforms``."""
     if not fs.exists(path):
         raise InputError(f"input {uri} does not exist")
+    if cameras and fs.isfile(path) and path.endswith(".json"):
+        return "transforms"
     if fs.isfile(path):
         return "parquet" if path.endswith(".parquet") else "list"
+    if cameras and _colmap_model(fs, path) is not None:
+        return "colmap"
+    if cameras and fs.isfile(join(path, "transforms.json")):
+        return "transforms"
     if parquet_files(fs, path) and not any(_is_image_name(p) for p in fs.ls(path, detail=False)):
         return "parquet"
     if is_local(fs):
@@ -201,9 +324,12 @@ def detect_kind(uri: str, fs, path: str) -> str:
 
 def list_inputs(uri: str, *, kind: str = "auto", layout: str = "auto",
                 storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,
-                max_wait_s: float = DEFAULT_MAX_WAIT_S) -> InputSet:
+                max_wait_s: float = DEFAULT_MAX_WAIT_S, cameras: bool = False) -> InputSet:
     """List an input (see the module doc for the kinds); ids come back sorted. Transient
-    storage errors are retried for up to ``max_wait_s`` seconds (and ``attempts`` tries)."""
+    storage errors are retried for up to ``max_wait_s`` seconds (and ``attempts`` tries).
+    ``cameras``: the job needs each image's camera (point clouds): ``auto`` detects
+    COLMAP models and transforms files, and inputs that cannot have cameras (image
+    folders, list files, Parquet without intrinsics columns) are refused."""
     if kind not in INPUT_KINDS:
         raise InputError(f"unknown input kind {kind!r}; use one of {', '.join(INPUT_KINDS)}")
     fs, path = filesystem(uri, storage_options)
@@ -211,17 +337,23 @@ def list_inputs(uri: str, *, kind: str = "auto", layout: str = "auto",
         "images": lambda: _list_images(uri, fs, path),
         "dataset": lambda: _list_dataset(uri, path, layout),
         "list": lambda: _list_file(uri, fs, path, attempts, max_wait_s),
-        "parquet": lambda: _list_parquet(uri, fs, path),
+        "parquet": lambda: _list_parquet(uri, fs, path, cameras),
+        "colmap": lambda: _list_colmap(uri, fs, path),
+        "transforms": lambda: _list_transforms(uri, fs, path, attempts, max_wait_s),
     }
 
     def listing() -> InputSet:  # detection too touches the storage, so it is retried with the listing
         found = kind
         if found == "auto":
-            found = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path)
-        if found in ("images", "dataset", "parquet") and not fs.exists(path):
+            found = "dataset" if layout not in ("auto", "images") else detect_kind(uri, fs, path, cameras)
+        if found in ("images", "dataset", "parquet", "colmap", "transforms") and not fs.exists(path):
             raise InputError(f"input {uri} does not exist")
         if found == "dataset" and not is_local(fs):
             raise InputError(f"dataset inputs (with ground truth) must be local folders, got {uri}")
+        if cameras and found in ("images", "list"):
+            raise InputError(f"input {uri} is {'an image folder' if found == 'images' else 'a list file'}, which has no "
+                             "cameras; point clouds need a COLMAP model, a transforms.json, Parquet with intrinsics "
+                             "columns, or a dataset with intrinsics (e.g. an RGB-D sequence)")
         return listers[found]()
 
     return retry(listing, what=f"listing {uri}", attempts=attempts, max_wait_s=max_wait_s)

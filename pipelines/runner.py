@@ -31,11 +31,12 @@ from sddr_pipeline import __version__
 from sddr_pipeline.io.resumable import check_settings, locked_output
 from sddr_pipeline.shards.io import StorageError, filesystem, remove_file, write_table
 from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
-from sddr_pipeline.shards.schema import ERROR_SCHEMA, FORMAT, file_metadata, schema_for
+from sddr_pipeline.shards.schema import (ERROR_SCHEMA, FORMAT, KIND_POINTS, file_metadata, row_group_size,
+                                         shard_table)
 
 from . import reaper
 from .config import ConfigError, PipelineConfig, RayConfig
-from .inputs import InputSet, list_inputs
+from .inputs import CAMERA_FIELDS, PARQUET_CAMERA_COLUMNS, InputSet, list_inputs
 from .resources import Resources, resolve_resources
 from .stage import read_inputs, select_parquet_rows
 
@@ -70,6 +71,7 @@ class Job:
     stage: type
     stage_kwargs: dict[str, Any]
     identity: dict[str, Any]
+    cameras: bool = False  # the stage needs each image's camera (``list_inputs(cameras=True)``)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class PipelineReport:
     first_result_seconds: float | None = None
     resources: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)  # what a job wrote besides shards (merged PLY files)
 
     @property
     def images_per_s(self) -> float:
@@ -320,7 +323,6 @@ class ShardCollector:
         self.first_ids = plan.first_ids
         self.expected = {i: frozenset(plan.shard_ids(i)) for i in pending}
         self.rows: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in pending}
-        self.schema = schema_for(job.kind)
         self.seen = 0
         self.ignored = 0
 
@@ -368,8 +370,13 @@ class ShardCollector:
         ok = [r for r in rows if r["error_stage"] is None]
         bad = [r for r in rows if r["error_stage"] is not None]
         predictor, refiner = self._versions(i, rows)
+        table = shard_table(self.job.kind, ok)
+        summary = None
+        if self.job.kind == KIND_POINTS:
+            summary = {r["id"]: {"points": r["point_count"], "scale_source": r["scale_source"], "scale": r["scale"],
+                                 "shift": r["shift"], "world": r["world"]} for r in ok}
         meta = file_metadata(self.job.kind, shard=i, predictor=predictor, refiner=refiner,
-                             config=self.config.public_dict(), package_version=__version__)
+                             config=self.config.public_dict(), package_version=__version__, images=summary)
         fs = self.layout.fs
         retries = {"attempts": self.config.io_attempts, "max_wait_s": self.config.io_retry_timeout_s}
         errors_path = self.layout.errors_path(i)
@@ -378,14 +385,16 @@ class ShardCollector:
             write_table(fs, errors_path, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), metadata=meta, **retries)
         else:
             remove_file(fs, errors_path, **retries)
-        table = pa.Table.from_pylist([{k: r[k] for k in self.schema.names} for r in ok], schema=self.schema)
-        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta, **retries)
+        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta,
+                           row_group_size=row_group_size(self.job.kind), **retries)
         self.manifest["completed"][str(i)] = {
             "file": f"shards/{shard_name(i)}", "rows": len(ok), "errors": len(bad),
             "errors_file": f"errors/{shard_name(i)}" if bad else None,
             "first_id": rows[0]["id"], "last_id": rows[-1]["id"], "bytes": size,
             "write_seconds": round(time.perf_counter() - t0, 4),
         }
+        if self.job.kind == KIND_POINTS:  # rows count images; a point shard's file holds one row per point
+            self.manifest["completed"][str(i)]["points"] = table.num_rows
         _update_counts(self.manifest, len(self.plan.ids))
         self.layout.write_manifest(self.manifest)
         self.report.rows_written += len(ok)
@@ -408,14 +417,16 @@ def check_failures(manifest: Mapping[str, Any], config: PipelineConfig, layout: 
 
 
 def _block_tables(inputs: InputSet, plan: ShardPlan, pending: list[int], batch_size: int, actors: int) -> list[pa.Table]:
-    """The pending (id, source) rows in blocks sized for streaming: small enough for every
-    actor to get several, at least one actor batch, at most ``MAX_BLOCK_ROWS``."""
+    """The pending (id, source) rows, with their camera columns when the input has
+    cameras, in blocks sized for streaming: small enough for every actor to get several,
+    at least one actor batch, at most ``MAX_BLOCK_ROWS``."""
     position = {id_: k for k, id_ in enumerate(inputs.ids)}
     ids = [id_ for i in pending for id_ in plan.shard_ids(i)]
-    sources = [inputs.sources[position[id_]] for id_ in ids]
+    rows = [{"id": id_, "source": inputs.sources[position[id_]], **inputs.cameras.get(id_, {})} for id_ in ids]
+    fields = [pa.field("id", pa.string()), pa.field("source", pa.string())]
+    schema = pa.schema(fields + (list(CAMERA_FIELDS) if inputs.cameras else []))
     block = max(batch_size, min(MAX_BLOCK_ROWS, math.ceil(len(ids) / (4 * actors))))
-    return [pa.table({"id": ids[k:k + block], "source": sources[k:k + block]}, schema=pa.schema([("id", pa.string()), ("source", pa.string())]))
-            for k in range(0, len(ids), block)]
+    return [pa.Table.from_pylist(rows[k:k + block], schema=schema) for k in range(0, len(ids), block)]
 
 
 def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int], config: PipelineConfig,
@@ -427,13 +438,17 @@ def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int
         paths = [filesystem(f, storage)[1] for f in inputs.files]
         import pyarrow.parquet as pq
 
-        columns = ["id", "image"] + (["source"] if "source" in pq.read_schema(paths[0], filesystem=fs).names else [])
+        names = pq.read_schema(paths[0], filesystem=fs).names
+        optional = ["source"] + (list(PARQUET_CAMERA_COLUMNS) if job.cameras else [])
+        columns = ["id", "image"] + [c for c in optional if c in names]
         ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, include_paths=True)
-        ds = ds.map_batches(select_parquet_rows, fn_kwargs={"first_ids": plan.first_ids, "pending": frozenset(pending)},
+        ds = ds.map_batches(select_parquet_rows, fn_kwargs={"first_ids": plan.first_ids, "pending": frozenset(pending),
+                                                            "cameras": job.cameras},
                             batch_format="pyarrow", batch_size=MAX_BLOCK_ROWS, num_cpus=resources.read_cpus)
     else:
         ds = ray.data.from_arrow(_block_tables(inputs, plan, pending, config.batch_size, resources.actors))
-        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts, "max_wait_s": config.io_retry_timeout_s}
+        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts, "max_wait_s": config.io_retry_timeout_s,
+                       "cameras": job.cameras}
         if inputs.kind == "dataset":
             read_kwargs.update(dataset_root=inputs.root, dataset_layout=inputs.layout)
         ds = ds.map_batches(read_inputs, fn_kwargs=read_kwargs, batch_format="pyarrow", batch_size=None,
@@ -478,7 +493,7 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
     try:
         inputs = list_inputs(config.input, kind=config.input_kind, layout=config.layout,
                              storage_options=config.storage_options, attempts=config.io_attempts,
-                             max_wait_s=config.io_retry_timeout_s)
+                             max_wait_s=config.io_retry_timeout_s, cameras=job.cameras)
         plan = ShardPlan(inputs.ids, config.rows_per_shard)
         layout = OutputLayout(config.output, config.storage_options, attempts=config.io_attempts,
                               max_wait_s=config.io_retry_timeout_s)

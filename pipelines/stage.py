@@ -1,6 +1,6 @@
-"""Ray Data stages: fetch image bytes (tasks), then refine or pseudo-label them (actors).
+"""Ray Data stages: fetch image bytes (tasks), then refine, pseudo-label or unproject them (actors).
 
-:class:`RefineStage` and :class:`PseudoLabelStage` are callable classes for
+:class:`RefineStage`, :class:`PseudoLabelStage` and :class:`PointCloudStage` are callable classes for
 ``ds.map_batches(Stage, compute=ray.data.ActorPoolStrategy(size=n), fn_constructor_args=...)``:
 each actor loads the predictor and the refiner ONCE. A batch may be what
 ``ray.data.read_images`` yields (a dict of numpy arrays: decoded ``image``, optional
@@ -16,6 +16,7 @@ Python.
 from __future__ import annotations
 
 import functools
+import io
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -29,12 +30,15 @@ from sddr_pipeline.shards.io import DEFAULT_MAX_WAIT_S, filesystem, read_bytes
 from sddr_pipeline.shards.layout import shard_of
 from sddr_pipeline.shards.schema import (
     KIND_DEPTH,
+    KIND_POINTS,
     KIND_TRAINING,
     decode_array,
     encode_array,
     encode_regions,
     result_schema,
 )
+
+from .inputs import CAMERA_COLUMNS, CAMERA_FIELDS, camera_columns
 
 #: What the read step hands the model stage: the image's bytes, or why they are missing.
 INPUT_SCHEMA = pa.schema([
@@ -59,17 +63,56 @@ def _open_dataset(root: str, layout: str):
     return dataset, {name: i for i, name in enumerate(dataset.names)}
 
 
+#: ``INPUT_SCHEMA`` plus the per-image camera columns, for the point-cloud job.
+CAMERA_INPUT_SCHEMA = pa.schema(list(INPUT_SCHEMA) + list(CAMERA_FIELDS))
+
+
+def decode_depth_bytes(data: bytes, name: str, unit: float | None = None) -> np.ndarray:
+    """Metric depth (float32 HxW, 0 = invalid) from a depth file's bytes: ``.npy`` (any
+    numeric 2-D array) or a single-channel 16-bit PNG; metres = value * ``unit`` (None:
+    1 for ``.npy``, 1e-3, i.e. millimetres, for PNG)."""
+    from sddr_pipeline.data import read_depth_png16
+
+    raw = bytes(data)
+    if raw.startswith(b"\x93NUMPY"):
+        values = np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float64)
+        scale = 1.0 if unit is None else unit
+    else:
+        values = read_depth_png16(name, data=raw).astype(np.float64)
+        scale = 1e-3 if unit is None else unit
+    if values.ndim != 2:
+        raise ValueError(f"{name}: a depth map must be 2-D, got shape {values.shape}")
+    depth = values * float(scale)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+
+
+def _dataset_camera(sample) -> dict[str, Any]:
+    """Camera columns of a dataset sample: its K (for its own image size) and pose."""
+    from sddr_pipeline.geometry.intrinsics import Intrinsics
+
+    if sample.intrinsics is None:
+        return {c: None for c in CAMERA_COLUMNS}
+    pose = sample.meta.get("pose")
+    return camera_columns(Intrinsics.from_matrix(sample.intrinsics), None if pose is None else np.asarray(pose, np.float64))
+
+
 def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,
                 max_wait_s: float = DEFAULT_MAX_WAIT_S, dataset_root: str | None = None,
-                dataset_layout: str | None = None) -> pa.Table:
+                dataset_layout: str | None = None, cameras: bool = False) -> pa.Table:
     """Fetch each row's image bytes (``id``, ``source`` in; ``INPUT_SCHEMA`` out).
 
     Transient storage errors are retried (``attempts``, ``max_wait_s``); what still fails
     sets ``read_error``. For
-    dataset inputs the sample's ground truth comes along (``gt`` as ``.npy`` bytes)."""
+    dataset inputs the sample's ground truth comes along (``gt`` as ``.npy`` bytes).
+    With ``cameras`` the camera columns (:data:`~.inputs.CAMERA_COLUMNS`) of the batch
+    pass through (a dataset sample's come from its intrinsics and pose), and a row's
+    ``depth_uri`` is fetched into ``gt`` (``CAMERA_INPUT_SCHEMA`` out)."""
+    given = {c: batch.column(c).to_pylist() for c in CAMERA_COLUMNS if cameras and c in batch.column_names}
     rows = []
-    for id_, source in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist()):
+    for k, (id_, source) in enumerate(zip(batch.column("id").to_pylist(), batch.column("source").to_pylist())):
         row: dict[str, Any] = {"id": id_, "source": source, "image": None, "gt": None, "gt_kind": None, "read_error": None}
+        if cameras:
+            row.update({c: given[c][k] if c in given else None for c in CAMERA_COLUMNS})
         try:
             if dataset_root is not None:
                 dataset, index = _open_dataset(dataset_root, dataset_layout or "auto")
@@ -78,18 +121,28 @@ def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = 
                 fs, path = filesystem(str(sample.image_path))
                 if sample.gt is not None:
                     row["gt"], row["gt_kind"] = encode_array(sample.gt), sample.gt_kind
+                if cameras:
+                    row.update(_dataset_camera(sample))
             else:
                 fs, path = filesystem(source, storage_options)
             row["image"] = read_bytes(fs, path, attempts=attempts, max_wait_s=max_wait_s)
+            if row.get("depth_uri"):
+                dfs, dpath = filesystem(row["depth_uri"], storage_options)
+                data = read_bytes(dfs, dpath, attempts=attempts, max_wait_s=max_wait_s)
+                row["gt"] = encode_array(decode_depth_bytes(data, row["depth_uri"], row["depth_unit"]))
+                row["gt_kind"] = "depth"
         except Exception as exc:  # any failure to fetch one input is that input's error row
             row["read_error"] = _reason(exc)
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA)
 
 
-def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: frozenset[int]) -> pa.Table:
+def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: frozenset[int],
+                        cameras: bool = False) -> pa.Table:
     """Rows of image shards (``id``, ``image`` bytes or struct{bytes}, optional ``source``,
-    ``path`` from ``include_paths``) that belong to pending output shards, as ``INPUT_SCHEMA``."""
+    ``path`` from ``include_paths``) that belong to pending output shards, as ``INPUT_SCHEMA``.
+    With ``cameras`` the camera columns come along and an encoded ``depth`` map (with
+    ``depth_unit``, :func:`decode_depth_bytes`) becomes ``gt`` (``CAMERA_INPUT_SCHEMA``)."""
     ids = batch.column("id").to_pylist()
     images = batch.column("image")
     if pa.types.is_struct(images.type):
@@ -101,13 +154,27 @@ def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: f
         sources = batch.column("path").to_pylist()
     else:
         sources = [None] * len(ids)
+    extra = [c for c in (*CAMERA_COLUMNS, "depth") if cameras and c in batch.column_names]
+    given = {c: _cells(batch, c, len(ids)) for c in extra}
     rows = []
-    for id_, image, source in zip(ids, images, sources):
+    for k, (id_, image, source) in enumerate(zip(ids, images, sources)):
         if shard_of(first_ids, id_) not in pending:
             continue
         missing = None if image else "the input row has no image bytes"
-        rows.append({"id": id_, "source": source, "image": image, "gt": None, "gt_kind": None, "read_error": missing})
-    return pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)
+        row = {"id": id_, "source": source, "image": image, "gt": None, "gt_kind": None, "read_error": missing}
+        if cameras:
+            row.update({c: given[c][k] if c in given else None for c in CAMERA_COLUMNS})
+            if isinstance(row["camera_to_world"], np.ndarray):
+                row["camera_to_world"] = row["camera_to_world"].reshape(-1).tolist()
+            depth = given["depth"][k] if "depth" in given else None
+            if depth is not None and not missing:
+                try:
+                    row["gt"] = encode_array(decode_depth_bytes(depth, f"{id_} (depth column)", row["depth_unit"]))
+                    row["gt_kind"] = "depth"
+                except Exception as exc:  # an unreadable depth cell is that row's read error
+                    row["read_error"] = _reason(exc)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA)
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
@@ -207,9 +274,12 @@ class _Input:
 
 class _ModelStage:
     """Loads the models once per actor; subclasses turn decoded images into row fields
-    (:meth:`compute_batch`), this class adapts every batch format around that."""
+    (:meth:`compute_batch`), this class adapts every batch format around that.
+    ``extra_columns`` are input columns a subclass consumes besides the image: each row's
+    values reach it in ``context.extra``."""
 
     kind: str = KIND_DEPTH
+    extra_columns: tuple[str, ...] = ()
 
     def __init__(self, predictor: str, weights: str, *, device: str = "auto", torch_threads: int | None = None,
                  include_image: bool = False, low_res: int | None = None, high_res: int | None = None) -> None:
@@ -251,7 +321,8 @@ class _ModelStage:
         """Results of a pyarrow Table, pandas DataFrame or dict-of-numpy batch, in the same
         format, with the columns the stage does not consume passed through unchanged."""
         rows = self.process_batch(batch)
-        passthrough = [n for n in _column_names(batch) if n not in CONSUMED_COLUMNS and n not in self.schema.names]
+        consumed = CONSUMED_COLUMNS | set(self.extra_columns)
+        passthrough = [n for n in _column_names(batch) if n not in consumed and n not in self.schema.names]
         if isinstance(batch, Mapping):
             out = {name: batch[name] for name in passthrough}
             if self.include_image and "image" in batch:
@@ -274,11 +345,12 @@ class _ModelStage:
 
     def process_batch(self, batch: Any) -> list[dict[str, Any]]:
         """One result row per input row (its error set when it failed), maps as arrays."""
-        from sddr_pipeline.predictors import PredictorError, SampleContext
+        from sddr_pipeline.predictors import SampleContext
 
         n = _num_rows(batch)
         ids, sources, paths = _cells(batch, "id", n), _cells(batch, "source", n), _cells(batch, "path", n)
         images, gts, kinds, read_errors = (_cells(batch, c, n) for c in ("image", "gt", "gt_kind", "read_error"))
+        extras = {c: _cells(batch, c, n) for c in self.extra_columns}
         rows: list[dict[str, Any]] = []
         inputs: list[_Input] = []
         for i in range(n):
@@ -293,7 +365,8 @@ class _ModelStage:
             name = source or id_ or f"row {i}"
             try:
                 image = as_rgb(images[i], name)
-                context = SampleContext(name=id_ or name, gt=decode_array(gts[i]), gt_kind=kinds[i] or "depth")
+                context = SampleContext(name=id_ or name, gt=decode_array(gts[i]), gt_kind=kinds[i] or "depth",
+                                        extra={c: extras[c][i] for c in self.extra_columns})
             except Exception as exc:  # an undecodable image is its row's error
                 rows[i].update(error_stage="decode", error_reason=_reason(exc))
                 continue
@@ -304,14 +377,19 @@ class _ModelStage:
         for x, result in zip(inputs, results):
             if isinstance(result, Exception):
                 self._after_failure(result)
-                stage = "predict" if isinstance(result, PredictorError) else "refine"
-                rows[x.index].update(error_stage=stage, error_reason=_reason(result))
+                rows[x.index].update(error_stage=self.error_stage(result), error_reason=_reason(result))
                 continue
             rows[x.index].update(result, width=int(x.image.shape[1]), height=int(x.image.shape[0]),
                                  seconds=float(x.seconds + share))
             if self.include_image:
                 rows[x.index]["image"] = x.data if isinstance(x.data, (bytes, bytearray)) else None
         return rows
+
+    def error_stage(self, exc: Exception) -> str:
+        """The ``error_stage`` of an image that failed with ``exc``."""
+        from sddr_pipeline.predictors import PredictorError
+
+        return "predict" if isinstance(exc, PredictorError) else "refine"
 
     def _after_failure(self, exc: Exception) -> None:
         if self.device == "cuda" and "out of memory" in str(exc).lower():
@@ -320,10 +398,14 @@ class _ModelStage:
             torch.cuda.empty_cache()
 
 
+def _npy_cell(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of a result array: floating arrays as float32, others as they are."""
+    return encode_array(np.ascontiguousarray(array, dtype=np.float32 if array.dtype.kind == "f" else array.dtype))
+
+
 def _shard_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A result row as shard cells: maps as ``.npy`` bytes, with the depth's encoding."""
-    out = {k: encode_array(np.ascontiguousarray(v, dtype=np.float32)) if isinstance(v, np.ndarray) else v
-           for k, v in row.items()}
+    out = {k: _npy_cell(v) if isinstance(v, np.ndarray) else v for k, v in row.items()}
     depth = row.get("depth")
     if isinstance(depth, np.ndarray):
         out.update(depth_encoding="npy", depth_dtype="float32", depth_shape=[int(s) for s in depth.shape])
@@ -409,3 +491,163 @@ class PseudoLabelStage(_ModelStage):
         fields.update(scale=1.0, shift=0.0, scale_source="normalized", space="disparity", metric=False,
                       confidence=None, regions=regions, regions_count=count)
         return fields
+
+
+@dataclass
+class _View:
+    """How one image becomes points: intrinsics for its size, its camera-to-world pose (or
+    None: camera frame), the sparse metric depths that scale it (or None: a metric
+    predictor's own scale) and what they are (``scale-points``, ``sfm``)."""
+
+    intrinsics: Any
+    pose: np.ndarray | None
+    reference: Any
+    source: str | None
+
+
+def _pose(values: Any, name: str) -> np.ndarray:
+    from sddr_pipeline.geometry.intrinsics import IntrinsicsError
+
+    try:
+        pose = np.asarray(values, dtype=np.float64).reshape(4, 4)
+    except (TypeError, ValueError) as exc:
+        raise IntrinsicsError(f"{name}: camera_to_world must be 16 numbers (a row-major 4x4), got {values!r:.80}") from exc
+    if not np.all(np.isfinite(pose)) or not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0]):
+        raise IntrinsicsError(f"{name}: camera_to_world must be a finite 4x4 with last row 0 0 0 1")
+    return pose
+
+
+class PointCloudStage(_ModelStage):
+    """Each image as world-frame (or camera-frame) coloured points of METRIC depth, one
+    ``points`` result row per image (:func:`~sddr_pipeline.shards.schema.result_schema`).
+
+    The camera columns (:data:`~.inputs.CAMERA_COLUMNS`) give intrinsics and an optional
+    camera-to-world pose. The refined map is made metric, in this order, from
+    ``scale_points`` random pixels of the image's own depth map (``gt``, e.g. RGB-D or
+    LiDAR), else from its ``sparse_depth`` (the SfM points it sees; at least
+    ``min_sfm_points``), else from a metric predictor; otherwise, or when the fit leaves a
+    median relative error above ``max_scale_error`` at those points, the image is an
+    error row of stage ``metric``. Missing or unusable cameras are stage ``unproject``.
+    Pixels of confidence below ``min_confidence`` (None: all), beyond ``depth_max`` or
+    off the ``stride`` grid are dropped; ``voxel`` (world units; None: off) keeps one
+    point per cube (:func:`~sddr_pipeline.geometry.pointcloud.voxel_downsample`).
+    """
+
+    kind = KIND_POINTS
+    extra_columns = CAMERA_COLUMNS
+
+    def __init__(self, predictor: str, weights: str, *, mode: str = "one-stage", steps: int = 2,
+                 range_clamp: float | None = None, scale_points: int | None = None, min_sfm_points: int = 10,
+                 max_scale_error: float | None = 0.2, min_confidence: float | None = 0.3, voxel: float | None = 0.01,
+                 depth_max: float | None = None, stride: int = 1, **kwargs: Any) -> None:
+        super().__init__(predictor, weights, **kwargs)
+        from sddr_pipeline.inference.options import RefineOptions, TwoStageConfig
+
+        self.options = RefineOptions(mode=mode, two_stage=TwoStageConfig(steps=steps), range_clamp=range_clamp,
+                                     confidence=True, edges=False, **self.resolutions)
+        self.scale_points, self.min_sfm_points, self.max_scale_error = scale_points, min_sfm_points, max_scale_error
+        self.min_confidence, self.voxel, self.depth_max, self.stride = min_confidence, voxel, depth_max, stride
+
+    def error_stage(self, exc: Exception) -> str:
+        from sddr_pipeline.geometry.intrinsics import IntrinsicsError
+        from sddr_pipeline.geometry.pointcloud import RelativeDepthError
+
+        if isinstance(exc, RelativeDepthError):
+            return "metric"
+        if isinstance(exc, IntrinsicsError):
+            return "unproject"
+        return super().error_stage(exc)
+
+    def view(self, image: np.ndarray, context) -> _View:
+        """The camera and the scale reference of one image (errors: see the class doc)."""
+        from sddr_pipeline.geometry.intrinsics import Intrinsics, IntrinsicsError
+        from sddr_pipeline.geometry.pointcloud import RelativeDepthError
+        from sddr_pipeline.geometry.tsdf import scale_points_reference
+        from sddr_pipeline.inference import ScaleReference
+
+        name, cam = context.name, context.extra
+        h, w = image.shape[:2]
+        if any(cam.get(k) is None for k in ("fx", "fy", "cx", "cy")):
+            raise IntrinsicsError(f"{name}: no intrinsics (fx, fy, cx, cy): cannot unproject")
+        size = (cam.get("camera_width"), cam.get("camera_height"))
+        size = size if None not in size else (None, None)
+        intr = Intrinsics(float(cam["fx"]), float(cam["fy"]), float(cam["cx"]), float(cam["cy"]), *size).for_size(h, w)
+        pose = None if cam.get("camera_to_world") is None else _pose(cam["camera_to_world"], name)
+        if self.scale_points:
+            try:
+                ref = scale_points_reference(name, context.gt, context.gt_kind, self.scale_points)
+            except ValueError as exc:
+                raise RelativeDepthError(f"{exc}: it cannot be made metric") from None
+            if context.gt.shape != (h, w):
+                raise RelativeDepthError(f"{name}: its depth map is {context.gt.shape[1]}x{context.gt.shape[0]} but the "
+                                         f"image is {w}x{h}: --scale-points needs depth at the image's pixels")
+            return _View(intr, pose, ref, "scale-points")
+        if cam.get("sparse_depth") is not None:
+            sparse = np.asarray(decode_array(cam["sparse_depth"]), dtype=np.float64).reshape(-1, 3)
+            rows, cols, z = sparse[:, 0], sparse[:, 1], sparse[:, 2]
+            if None not in size and size != (w, h):  # observations are in the camera's pixels
+                rows, cols = (rows + 0.5) * h / size[1] - 0.5, (cols + 0.5) * w / size[0] - 0.5
+            ok = np.isfinite(z) & (z > 0) & (rows >= 0) & (rows <= h - 1) & (cols >= 0) & (cols <= w - 1)
+            if ok.sum() < max(self.min_sfm_points, 3):
+                raise RelativeDepthError(f"{name} has {int(ok.sum())} usable SfM points, fewer than min_sfm_points="
+                                         f"{self.min_sfm_points}: it cannot be made metric")
+            return _View(intr, pose, ScaleReference(np.stack([rows[ok], cols[ok]], axis=1), z[ok]), "sfm")
+        if not self.predictor.kind.metric:
+            raise RelativeDepthError(
+                f"{name} cannot be made metric: the predictor {self.predictor_version} is relative, the image has no "
+                "SfM points and scale_points (--scale-points N, sparse depth of each image) was not asked for")
+        return _View(intr, pose, None, None)
+
+    def compute_batch(self, images: list[np.ndarray], contexts: list[Any]) -> list[dict[str, Any] | Exception]:
+        """Views first (an image that cannot be made metric is never predicted), then the
+        rest through :func:`refine_batch` with their scale references, then unprojection."""
+        from sddr_pipeline.inference.orchestrate import refine_batch
+
+        out: list[Any] = []
+        for image, context in zip(images, contexts):
+            try:
+                out.append(self.view(image, context))
+            except Exception as exc:  # this image's error row
+                out.append(exc)
+        todo = [k for k, v in enumerate(out) if isinstance(v, _View)]
+        results = refine_batch([images[k] for k in todo], self.predictor, self.refiner, self.options,
+                               [contexts[k] for k in todo], [out[k].reference for k in todo]) if todo else []
+        for k, result in zip(todo, results):
+            try:
+                out[k] = result if isinstance(result, Exception) else self.unproject(images[k], out[k], result, contexts[k].name)
+            except Exception as exc:  # this image's error row
+                out[k] = exc
+        return out
+
+    def compute(self, image: np.ndarray, context) -> dict[str, Any]:
+        result = self.compute_batch([image], [context])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def unproject(self, image: np.ndarray, view: _View, result, name: str) -> dict[str, Any]:
+        """Row fields of one refined image: its filtered, voxelised points."""
+        from sddr_pipeline.geometry.pointcloud import RelativeDepthError, depth_to_pointcloud, metric_depth, voxel_downsample
+
+        depth = metric_depth(result.depth, result.space, result.metric, name)
+        if view.reference is not None and self.max_scale_error is not None:
+            h, w = depth.shape
+            pts = np.asarray(view.reference.points, dtype=np.float64)
+            rows, cols = np.clip(np.rint(pts[:, 0]).astype(int), 0, h - 1), np.clip(np.rint(pts[:, 1]).astype(int), 0, w - 1)
+            z = np.asarray(view.reference.depth, dtype=np.float64)
+            d = depth[rows, cols].astype(np.float64)
+            ok = np.isfinite(z) & (z > 0)
+            rel = np.where(d[ok] > 0, np.abs(d[ok] - z[ok]) / z[ok], np.inf)
+            median = float(np.median(rel)) if rel.size else float("inf")
+            if not median <= self.max_scale_error:
+                raise RelativeDepthError(f"{name}: after scaling to its {view.source} points the median relative error "
+                                         f"there is {median:.3f}, more than max_scale_error={self.max_scale_error:g}")
+        cloud = depth_to_pointcloud(depth, view.intrinsics, image, stride=self.stride, depth_max=self.depth_max,
+                                    camera_to_world=view.pose, confidence=result.confidence,
+                                    min_confidence=self.min_confidence)
+        if self.voxel:
+            cloud = voxel_downsample(cloud, self.voxel)
+        scale, shift = result.alignment
+        return {"points": cloud.points, "colors": cloud.colors, "confidence": cloud.confidence,
+                "point_count": len(cloud), "scale": float(scale), "shift": float(shift),
+                "scale_source": view.source or result.scale_source, "world": view.pose is not None}

@@ -49,13 +49,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sddr_pipeline.geometry.cameras import OPENGL_FROM_OPENCV, pose_inverse
 from sddr_pipeline.io.atomic import atomic_write_json
 
 GENERATOR = "sddr capture-sample"
 DEFAULT_DATA = Path("../shared/data/rgbd_sequence_sample")
-OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
-"""Right-multiplying a camera-to-world pose by this flips its camera y and z axes
-(OpenCV/COLMAP camera -> OpenGL/nerfstudio camera)."""
 
 
 class CaptureError(ValueError):
@@ -86,13 +84,6 @@ def _orthonormal(R: np.ndarray) -> np.ndarray:
         u[:, -1] *= -1
         Q = u @ vt
     return Q
-
-
-def _rigid_inverse(T: np.ndarray) -> np.ndarray:
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
 
 
 @dataclass
@@ -129,7 +120,7 @@ def _load_frames(data: Path) -> list[_Frame]:
         name = sample.image_path.name
         frames.append(_Frame(name, Path(name).stem, sample.image_path, Path(entry.gt_source),
                              np.asarray(sample.gt, dtype=np.float64), np.asarray(sample.intrinsics, dtype=np.float64),
-                             c2w, _rigid_inverse(c2w)))
+                             c2w, pose_inverse(c2w)))
     names = [f.name for f in frames]
     if len(set(names)) != len(names) or len({f.stem for f in frames}) != len(frames):
         raise CaptureError(f"{data}: colour frames share a file name or stem; cannot lay them out in one images/ folder")
@@ -350,7 +341,7 @@ def build_capture(
     replaced whole, derived outputs such as ``sddr/`` included). The folder is built under
     a temporary name beside ``output`` and renamed into place, so a failure leaves nothing.
     """
-    from sddr_pipeline.plugins.colmap import require_pycolmap
+    from sddr_pipeline.geometry.cameras import require_pycolmap
 
     pycolmap = require_pycolmap()
     if points < 1:

@@ -53,25 +53,17 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
+from sddr_pipeline.geometry.cameras import (Observations, image_observations, require_pycolmap,
+                                            usable_observations)
 from sddr_pipeline.geometry.intrinsics import PINHOLE_MODELS, Intrinsics, intrinsics_from_colmap
 from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
 from sddr_pipeline.io.names import check_name
 
 Space = Literal["inverse", "depth"]
-PYCOLMAP_HINT = "pip install pycolmap==4.2.1"
 
 
 class ColmapError(RuntimeError):
     """The workspace or output folder cannot be used; the message says why."""
-
-
-def require_pycolmap() -> Any:
-    """``import pycolmap`` or an ImportError naming the package to install."""
-    try:
-        import pycolmap
-    except ImportError as exc:
-        raise ImportError(f"the COLMAP integration needs pycolmap ({exc}): {PYCOLMAP_HINT}") from exc
-    return pycolmap
 
 
 # ------------------------------------------------------------ COLMAP depth files
@@ -126,70 +118,7 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# --------------------------------------------------------------- observations
-
-
-@dataclass
-class Observations:
-    """SfM observations of one image: keypoint rows/cols (integer-centre convention),
-    camera-frame depth ``z`` of the 3-D point, its track length, its mean reprojection
-    error and its reprojection error in this image (px)."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    z: np.ndarray
-    track_length: np.ndarray
-    mean_error: np.ndarray
-    image_error: np.ndarray
-
-
-def image_observations(image: Any, camera: Any, points3D: Any) -> Observations:
-    """Collect the observations of a ``pycolmap.Image`` (with its ``Camera`` and the
-    reconstruction's ``points3D``)."""
-    cam_from_world = image.cam_from_world().matrix()
-    xy, xyz, tl, err = [], [], [], []
-    for p2d in image.points2D:
-        if not p2d.has_point3D():
-            continue
-        p3d = points3D[p2d.point3D_id]
-        xy.append(p2d.xy)
-        xyz.append(p3d.xyz)
-        tl.append(p3d.track.length())
-        err.append(p3d.error if p3d.has_error() else np.nan)
-    if not xy:
-        empty = np.zeros(0)
-        return Observations(empty, empty, empty, empty.astype(int), empty, empty)
-    xy_a, xyz_a = np.asarray(xy, dtype=np.float64), np.asarray(xyz, dtype=np.float64)
-    cam = xyz_a @ cam_from_world[:, :3].T + cam_from_world[:, 3]
-    proj = np.full_like(xy_a, np.nan)
-    front = cam[:, 2] > 0
-    if front.any():
-        proj[front] = camera.img_from_cam(cam[front], check_cheirality=False)
-    image_error = np.linalg.norm(proj - xy_a, axis=1)
-    return Observations(
-        rows=xy_a[:, 1] - 0.5,
-        cols=xy_a[:, 0] - 0.5,
-        z=cam[:, 2],
-        track_length=np.asarray(tl, dtype=int),
-        mean_error=np.asarray(err, dtype=np.float64),
-        image_error=image_error,
-    )
-
-
-def usable_observations(obs: Observations, height: int, width: int, min_track_length: int, max_reproj_error: float) -> np.ndarray:
-    """Boolean mask of observations passing the track-length, reprojection and
-    visibility filters (pure)."""
-    mean_err = np.where(np.isfinite(obs.mean_error), obs.mean_error, 0.0)
-    return (
-        (obs.z > 0)
-        & np.isfinite(obs.z)
-        & (obs.track_length >= min_track_length)
-        & (mean_err <= max_reproj_error)
-        & np.isfinite(obs.image_error)
-        & (obs.image_error <= max_reproj_error)
-        & (obs.rows >= 0) & (obs.rows <= height - 1)
-        & (obs.cols >= 0) & (obs.cols <= width - 1)
-    )
+# ------------------------------------------------------------------ sampling
 
 
 def sample_bilinear(arr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from PIL import Image
 
+from sddr_pipeline.geometry.cameras import parse_transforms
 from sddr_pipeline.io.atomic import atomic_write_bytes, atomic_write_json
 from sddr_pipeline.io.names import check_name
 
@@ -290,13 +291,10 @@ def export_nerf(
 def _read_transforms(tpath: Path) -> dict[str, Any]:
     """The transforms file's content; it must have a non-empty ``frames`` list."""
     try:
-        transforms = json.loads(tpath.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = tpath.read_bytes()
+    except OSError as exc:
         raise NerfExportError(f"cannot read {tpath}: {exc}") from None
-    frames = transforms.get("frames")
-    if not isinstance(frames, list) or not frames:
-        raise NerfExportError(f"{tpath}: no 'frames' list")
-    return transforms
+    return parse_transforms(data, str(tpath), NerfExportError)
 
 
 def _open_source(depth_source: str | Path | Mapping[str, np.ndarray],

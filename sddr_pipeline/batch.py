@@ -17,7 +17,6 @@ INPUT is refused, and one OUTPUT has one writer at a time (``.sddr.lock``).
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -281,13 +280,9 @@ def _check_scale_points_input(src: Path, dataset) -> None:
 
 def _scale_reference(sample, n: int):
     """``n`` seeded random valid pixels of the sample's metric depth as a scale reference."""
-    from .geometry.tsdf import sparse_reference
+    from .geometry.tsdf import scale_points_reference
 
-    if sample.gt is None or sample.gt_kind != "depth":
-        what = "no depth map" if sample.gt is None else f"{sample.gt_kind} ground truth, not metric depth"
-        raise ValueError(f"--scale-points needs the image's metric depth, but {sample.name} has {what}")
-    seed = int.from_bytes(hashlib.sha256(sample.name.encode()).digest()[:4], "little")
-    return sparse_reference(np.asarray(sample.gt, dtype=np.float64), n, seed=seed)
+    return scale_points_reference(sample.name, sample.gt, sample.gt_kind, n)
 
 
 def _is_done(out: Path, entry: dict | None, confidence: bool, fingerprint: dict[str, Any] | None) -> bool:

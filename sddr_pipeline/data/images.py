@@ -150,14 +150,15 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def read_depth_png16(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel 16-bit PNG (KITTI, NYU, TUM, Redwood depth) as raw HxW uint16.
+def read_depth_png16(path: str | os.PathLike, *, data: bytes | None = None) -> np.ndarray:
+    """Read a single-channel 16-bit PNG (KITTI, NYU, TUM, Redwood depth) as raw HxW uint16
+    (``data``: the file's bytes, already fetched; ``path`` then only names it).
 
     No scaling is applied: the caller knows the dataset's unit (KITTI /256, NYU /1000, ...).
     8-bit or colour files are rejected, since reading them as depth would silently be wrong.
     """
     path = Path(path)
-    img = _open_decoded(path, DEFAULT_MAX_PIXELS)
+    img = _open_decoded(path, DEFAULT_MAX_PIXELS, data)
     try:
         mode = img.mode
         if mode in _SIXTEEN_BIT_MODES:

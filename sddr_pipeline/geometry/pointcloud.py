@@ -1,8 +1,9 @@
 """Metric depth -> coloured point clouds: back-projection (numpy), Open3D export and pictures.
 
-Numerics (:func:`backproject`, :func:`depth_to_pointcloud`, :func:`rasterize_points`) are
-pure numpy. Open3D (``pip install open3d==0.20.0`` or ``open3d-cpu``) is imported only by
-the functions that write PLY files, downsample, estimate normals or render.
+Numerics (:func:`backproject`, :func:`depth_to_pointcloud`, :func:`voxel_downsample`,
+:func:`rasterize_points`) are pure numpy. Open3D (``pip install open3d==0.20.0`` or
+``open3d-cpu``) is imported only by the functions that read or write PLY files, estimate
+normals or render.
 
 Only METRIC depth can be back-projected: a relative map (unknown scale and shift) is
 refused with :class:`RelativeDepthError`; give it a scale reference first.
@@ -50,11 +51,13 @@ def require_open3d() -> Any:
 
 @dataclass
 class PointCloud:
-    """``points`` Nx3 float32 (metres), optional ``colors`` Nx3 uint8 and ``normals`` Nx3 float32."""
+    """``points`` Nx3 float32 (metres), optional ``colors`` Nx3 uint8, ``normals`` Nx3
+    float32 and per-point ``confidence`` N float32 (in [0, 1]; PLY files do not keep it)."""
 
     points: np.ndarray
     colors: np.ndarray | None = None
     normals: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.points = np.ascontiguousarray(self.points, dtype=np.float32).reshape(-1, 3)
@@ -67,6 +70,10 @@ class PointCloud:
             self.normals = np.ascontiguousarray(self.normals, dtype=np.float32).reshape(-1, 3)
             if len(self.normals) != n:
                 raise ValueError(f"{len(self.normals)} normals for {n} points")
+        if self.confidence is not None:
+            self.confidence = np.ascontiguousarray(self.confidence, dtype=np.float32).reshape(-1)
+            if len(self.confidence) != n:
+                raise ValueError(f"{len(self.confidence)} confidences for {n} points")
 
     def __len__(self) -> int:
         return len(self.points)
@@ -151,33 +158,99 @@ def depth_to_pointcloud(
     stride: int = 1,
     depth_max: float | None = None,
     camera_to_world: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    min_confidence: float | None = None,
 ) -> PointCloud:
     """A coloured point cloud from METRIC depth (metres, 0 = invalid).
 
     ``intrinsics`` are scaled to the map's size (see :mod:`.intrinsics`); the colour
     ``image`` is resized to the map when it differs. ``camera_to_world`` (4x4) moves the
-    points into world coordinates.
+    points into world coordinates. ``confidence`` (HxW, the map's size) is kept per
+    point; with ``min_confidence`` only pixels of at least that confidence are
+    back-projected (the confidence filter).
     """
     h, w = np.shape(depth)
     intr = intrinsics.for_size(h, w)
     m = None if depth_max is None else (np.asarray(depth) <= depth_max)
     if mask is not None:
         m = mask.astype(bool) if m is None else (m & mask.astype(bool))
+    if confidence is not None and np.shape(confidence) != (h, w):
+        raise ValueError(f"confidence {np.shape(confidence)} does not match depth {(h, w)}")
+    if min_confidence is not None:
+        if confidence is None:
+            raise ValueError("min_confidence needs a confidence map")
+        keep = np.asarray(confidence) >= min_confidence
+        m = keep if m is None else (m & keep)
     pts, rows, cols = backproject(depth, intr, m, stride)
     colors = None if image is None else resize_colors(image, h, w)[rows, cols]
     if camera_to_world is not None:
         pts = transform_points(pts, camera_to_world)
-    return PointCloud(pts, colors)
+    conf = None if confidence is None else np.asarray(confidence)[rows, cols]
+    return PointCloud(pts, colors, confidence=conf)
+
+
+def _concat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    return np.concatenate(parts) if all(p is not None for p in parts) else None  # type: ignore[arg-type]
 
 
 def merge_clouds(clouds: Sequence[PointCloud]) -> PointCloud:
-    """Concatenate clouds; colours are kept only when every cloud has them."""
+    """Concatenate clouds; colours, normals and confidence are kept only when every cloud
+    has them."""
     if not clouds:
         return PointCloud(np.zeros((0, 3), np.float32))
-    pts = np.concatenate([c.points for c in clouds])
-    cols = np.concatenate([c.colors for c in clouds]) if all(c.colors is not None for c in clouds) else None
-    nrm = np.concatenate([c.normals for c in clouds]) if all(c.normals is not None for c in clouds) else None
-    return PointCloud(pts, cols, nrm)
+    return PointCloud(np.concatenate([c.points for c in clouds]), _concat([c.colors for c in clouds]),
+                      _concat([c.normals for c in clouds]), _concat([c.confidence for c in clouds]))
+
+
+def voxel_keys(points: np.ndarray, voxel: float) -> np.ndarray:
+    """Integer Nx3 index of the ``voxel``-metre cube of each point: ``floor(p / voxel)``.
+
+    The grid is anchored at the world origin, so clouds downsampled separately (one per
+    image, one per shard) share their voxels and can be merged and downsampled again."""
+    if not voxel > 0:
+        raise ValueError(f"voxel size must be positive, got {voxel}")
+    return np.floor(np.asarray(points, dtype=np.float64) / float(voxel)).astype(np.int64)
+
+
+def voxel_downsample(cloud: PointCloud, voxel: float) -> PointCloud:
+    """One point per occupied ``voxel``-metre cube (:func:`voxel_keys`): the mean of its
+    points, colours (rounded), normals (renormalised) and confidences, in the order of
+    the cubes' first points. Pure numpy (float64 sums)."""
+    keys = voxel_keys(cloud.points, voxel)
+    if not len(keys):
+        return PointCloud(cloud.points, cloud.colors, cloud.normals, cloud.confidence)
+    _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(first, kind="stable")  # cubes in the order their first point comes
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    slot, n = rank[inverse], counts[order].astype(np.float64)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64).reshape(len(keys), -1)
+        sums = [np.bincount(slot, weights=v[:, k], minlength=len(n)) for k in range(v.shape[1])]
+        return np.stack(sums, axis=1) / n[:, None]
+
+    colors = None if cloud.colors is None else np.clip(np.rint(mean(cloud.colors)), 0, 255)
+    normals = None
+    if cloud.normals is not None:
+        normals = mean(cloud.normals)
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        normals = np.where(length > 0, normals / np.where(length > 0, length, 1.0), 0.0)
+    conf = None if cloud.confidence is None else mean(cloud.confidence)[:, 0]
+    return PointCloud(mean(cloud.points), colors, normals, conf)
+
+
+def nearest_distances(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each of ``points`` (Nx3) to its nearest point of
+    ``reference`` (Mx3, M > 0), float64 (scipy k-d tree)."""
+    from scipy.spatial import cKDTree
+
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 3)
+    if not len(ref):
+        raise ValueError("the reference cloud is empty")
+    distances, _ = cKDTree(ref).query(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    return np.asarray(distances, dtype=np.float64)
 
 
 # ------------------------------------------------------------------- Open3D bridge
@@ -200,13 +273,6 @@ def from_open3d(pcd: Any) -> PointCloud:
     cols = np.clip(np.rint(np.asarray(pcd.colors) * 255), 0, 255).astype(np.uint8) if pcd.has_colors() else None
     nrm = np.asarray(pcd.normals) if pcd.has_normals() else None
     return PointCloud(pts, cols, nrm)
-
-
-def voxel_downsample(cloud: PointCloud, voxel: float) -> PointCloud:
-    """Average the points (colours, normals) falling in each ``voxel``-metre cube (Open3D)."""
-    if not voxel > 0:
-        raise ValueError(f"voxel size must be positive, got {voxel}")
-    return from_open3d(to_open3d(cloud).voxel_down_sample(float(voxel)))
 
 
 def estimate_normals(

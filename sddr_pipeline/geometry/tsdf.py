@@ -11,6 +11,7 @@ SDDR-refined maps scaled with ~200 sparse metric depths per frame) runs as
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -192,6 +193,21 @@ def sparse_reference(gt: np.ndarray, n: int, seed: int = 0) -> Any:
         raise ValueError("ground truth has fewer than 3 valid pixels")
     pick = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     return ScaleReference(np.stack([rows[pick], cols[pick]], axis=1), gt[rows[pick], cols[pick]].astype(np.float64))
+
+
+def name_seed(name: str) -> int:
+    """A seed from a sample's name (sha256): its reference pixels do not depend on run order."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+def scale_points_reference(name: str, gt: np.ndarray | None, gt_kind: str, n: int) -> Any:
+    """``--scale-points N``: a :func:`sparse_reference` of ``n`` random valid pixels of an
+    image's own metric depth ``gt``, seeded by its ``name``; a ``ValueError`` naming the
+    image when it has no metric depth."""
+    if gt is None or gt_kind != "depth":
+        what = "no depth map" if gt is None else f"{gt_kind} ground truth, not metric depth"
+        raise ValueError(f"--scale-points needs the image's metric depth, but {name} has {what}")
+    return sparse_reference(np.asarray(gt, dtype=np.float64), n, seed=name_seed(name))
 
 
 def align_to_reference(disparity_like: np.ndarray, reference: Any) -> np.ndarray:

@@ -44,9 +44,11 @@ def refine_batch(
     refiner: Any,
     options: RefineOptions | None = None,
     contexts: Sequence[SampleContext | None] | None = None,
+    scale_references: Sequence[ScaleReference | None] | None = None,
 ) -> list[RefineResult | Exception]:
     """:func:`refine` of several images, each result or the exception that image failed
-    with, in input order.
+    with, in input order; ``scale_references`` (one per image, or None) make results
+    metric as :func:`refine`'s ``scale_reference`` does.
 
     One-stage: each group of same-size images goes through the predictor
     (``predict_batch``) at each resolution and through the refiner as ONE tensor batch,
@@ -56,6 +58,7 @@ def refine_batch(
     """
     opts = RefineOptions.build(options).resolved(predictor, refiner)
     ctxs = list(contexts) if contexts is not None else [None] * len(images)
+    refs = list(scale_references) if scale_references is not None else [None] * len(images)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         key = tuple(np.shape(image)) if opts.mode == "one-stage" else (i,)
@@ -66,26 +69,27 @@ def refine_batch(
         if len(indices) > 1:
             try:
                 batch = _refine_same_size([images[i] for i in indices], predictor, refiner, opts,
-                                          [ctxs[i] for i in indices])
+                                          [ctxs[i] for i in indices], [refs[i] for i in indices])
             except Exception:  # redone one by one below: each image gets its own result or error
                 batch = None
         if batch is None:
-            batch = [_refine_or_error(images[i], predictor, refiner, opts, ctxs[i]) for i in indices]
+            batch = [_refine_or_error(images[i], predictor, refiner, opts, ctxs[i], refs[i]) for i in indices]
         for i, result in zip(indices, batch):
             results[i] = result
     return results  # type: ignore[return-value]
 
 
 def _refine_or_error(image: np.ndarray, predictor: Predictor, refiner: Any, options: RefineOptions,
-                     context: SampleContext | None) -> RefineResult | Exception:
+                     context: SampleContext | None, reference: ScaleReference | None = None) -> RefineResult | Exception:
     try:
-        return refine(image, predictor, refiner, options, context=context)
+        return refine(image, predictor, refiner, options, context=context, scale_reference=reference)
     except Exception as exc:  # this image's error, returned in its place
         return exc
 
 
 def _refine_same_size(images: list[np.ndarray], predictor: Predictor, refiner: Any, options: RefineOptions,
-                      contexts: list[SampleContext | None]) -> list[RefineResult]:
+                      contexts: list[SampleContext | None],
+                      references: list[ScaleReference | None]) -> list[RefineResult]:
     """One-stage refinement of same-size images with one predictor call per resolution
     and one refiner call; timings are the batch's, shared equally."""
     for image in images:
@@ -99,5 +103,5 @@ def _refine_same_size(images: list[np.ndarray], predictor: Predictor, refiner: A
     t3 = time.perf_counter()
     n = len(images)
     timings = {"predict_low": (t1 - t0) / n, "predict_high": (t2 - t1) / n, "refine": (t3 - t2) / n}
-    return [finish(m, predictor.kind, image.shape[:2], low, high, options, dict(timings), None)
-            for m, image, low, high in zip(maps, images, lows, highs)]
+    return [finish(m, predictor.kind, image.shape[:2], low, high, options, dict(timings), ref)
+            for m, image, low, high, ref in zip(maps, images, lows, highs, references)]

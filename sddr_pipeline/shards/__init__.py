@@ -1,4 +1,4 @@
-"""Parquet shards of refined depth and training pseudo-labels, on any fsspec storage.
+"""Parquet shards of refined depth, training pseudo-labels and point clouds, on any fsspec storage.
 
 The format is documented in :mod:`.schema` (and ``docs/SHARDS.md``), the output folder
 in :mod:`.layout`. Reading needs only pyarrow (or pandas)::
@@ -28,7 +28,9 @@ from .schema import (
     ERROR_STAGES,
     FORMAT,
     KIND_DEPTH,
+    KIND_POINTS,
     KIND_TRAINING,
+    POINT_SCHEMA,
     TRAINING_SCHEMA,
     ShardFormatError,
     decode_array,
@@ -39,8 +41,10 @@ from .schema import (
     encode_regions,
     file_metadata,
     parse_file_metadata,
+    point_rows,
     result_schema,
     schema_for,
+    shard_table,
 )
 
 __all__ = [
@@ -50,10 +54,12 @@ __all__ = [
     "ERROR_STAGES",
     "FORMAT",
     "KIND_DEPTH",
+    "KIND_POINTS",
     "KIND_TRAINING",
     "LayoutError",
     "MANIFEST",
     "OutputLayout",
+    "POINT_SCHEMA",
     "SHARDS_DIR",
     "ShardFormatError",
     "ShardPlan",
@@ -68,6 +74,7 @@ __all__ = [
     "file_metadata",
     "filesystem",
     "parse_file_metadata",
+    "point_rows",
     "publish_bytes",
     "read_errors",
     "read_metadata",
@@ -75,6 +82,7 @@ __all__ = [
     "result_schema",
     "retry",
     "schema_for",
+    "shard_table",
     "shard_name",
     "shard_of",
     "write_table",

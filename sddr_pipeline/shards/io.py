@@ -229,9 +229,9 @@ def table_bytes(table: pa.Table, *, metadata: Mapping[bytes, bytes] | None = Non
 
 def write_table(fs: AbstractFileSystem, path: str, table: pa.Table, *,
                 metadata: Mapping[bytes, bytes] | None = None, attempts: int | None = None,
-                max_wait_s: float = DEFAULT_MAX_WAIT_S) -> int:
+                max_wait_s: float = DEFAULT_MAX_WAIT_S, row_group_size: int = 64) -> int:
     """Publish ``table`` as one Parquet file at ``path``; returns its size in bytes."""
-    data = table_bytes(table, metadata=metadata)
+    data = table_bytes(table, metadata=metadata, row_group_size=row_group_size)
     publish_bytes(fs, path, data, attempts=attempts, max_wait_s=max_wait_s)
     return len(data)
 

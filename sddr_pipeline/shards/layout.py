@@ -150,6 +150,12 @@ def _completed(layout: OutputLayout) -> tuple[dict[str, Any], list[str], list[st
     return manifest, shards, errors
 
 
+def completed_shards(layout: OutputLayout) -> tuple[dict[str, Any], list[str]]:
+    """The manifest of an output root and the paths of its completed shards, in order."""
+    manifest, shards, _ = _completed(layout)
+    return manifest, shards
+
+
 def read_shards(uri: str, storage_options: Mapping[str, Any] | None = None, *,
                 columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of the completed shards of an output root, as one Arrow table.

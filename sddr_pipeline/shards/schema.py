@@ -51,9 +51,30 @@ regions             binary          high-frequency regions as a label map (``.np
 regions_count       int32           K, the number of regions (trailing ones may be empty)
 ==================  ==============  =====================================================
 
+A ``points`` shard (``KIND_POINTS``, ``sddr pipeline pointcloud``) holds one row per
+POINT, not per image (``POINT_SCHEMA``); the points of one image are consecutive and the
+images are in id order:
+
+==================  ==============  =====================================================
+image_id            string          the id of the image the point was unprojected from
+x, y, z             float32         position: world frame when the image has a camera-to-
+                                    world pose, else its camera frame (OpenCV axes: x
+                                    right, y down, z forward); metres, or the SfM model's
+                                    units when an image was scaled to its SfM points
+r, g, b             uint8           colour of the image at the point
+confidence          float32         confidence of the refined depth there, in [0, 1]
+                                    (:mod:`sddr_pipeline.confidence`; the mean over the
+                                    pixels of a voxel)
+==================  ==============  =====================================================
+
+Its file metadata adds ``sddr.images``: JSON ``{image id: {"points", "scale_source",
+"scale", "shift", "world"}}`` for the images of the shard that gave points.
+
 Failed rows live in separate error shards (``ERROR_SCHEMA``): ``id``, ``source``,
 ``stage`` (``read``: fetching the bytes, ``decode``: not a usable image, ``predict``: the
-predictor failed, ``refine``: refinement or encoding failed), ``reason``.
+predictor failed, ``refine``: refinement or encoding failed; point clouds add
+``metric``: the image could not be made metric, and ``unproject``: its camera is
+missing or unusable), ``reason``.
 
 File metadata (Parquet key/value metadata, readable with
 ``pyarrow.parquet.read_metadata(path).metadata``): ``sddr.format`` (``FORMAT``),
@@ -66,7 +87,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -76,8 +97,9 @@ from ..io.names import shorten
 FORMAT = "sddr-shards/1"
 KIND_DEPTH = "depth"
 KIND_TRAINING = "training"
-KINDS: tuple[str, ...] = (KIND_DEPTH, KIND_TRAINING)
-ERROR_STAGES: tuple[str, ...] = ("read", "decode", "predict", "refine")
+KIND_POINTS = "points"
+KINDS: tuple[str, ...] = (KIND_DEPTH, KIND_TRAINING, KIND_POINTS)
+ERROR_STAGES: tuple[str, ...] = ("read", "decode", "predict", "refine", "metric", "unproject")
 METADATA_PREFIX = "sddr."
 
 _DEPTH_FIELDS: list[pa.Field] = [
@@ -110,6 +132,38 @@ _TRAINING_FIELDS: list[pa.Field] = [
 
 DEPTH_SCHEMA = pa.schema(_DEPTH_FIELDS)
 TRAINING_SCHEMA = pa.schema(_DEPTH_FIELDS + _TRAINING_FIELDS)
+POINT_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("x", pa.float32(), nullable=False),
+    pa.field("y", pa.float32(), nullable=False),
+    pa.field("z", pa.float32(), nullable=False),
+    pa.field("r", pa.uint8(), nullable=False),
+    pa.field("g", pa.uint8(), nullable=False),
+    pa.field("b", pa.uint8(), nullable=False),
+    pa.field("confidence", pa.float32(), nullable=False),
+])
+#: What the point-cloud stage returns per IMAGE (the driver turns them into point rows):
+#: the image's points (``.npy`` float32 Nx3), colours (uint8 Nx3), confidences (float32 N).
+_POINT_IMAGE_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("image", pa.binary()),
+    pa.field("points", pa.binary()),
+    pa.field("colors", pa.binary()),
+    pa.field("confidence", pa.binary()),
+    pa.field("point_count", pa.int64()),
+    pa.field("scale", pa.float64()),
+    pa.field("shift", pa.float64()),
+    pa.field("scale_source", pa.string()),
+    pa.field("world", pa.bool_()),
+    pa.field("predictor", pa.string()),
+    pa.field("refiner", pa.string()),
+    pa.field("seconds", pa.float32()),
+]
+#: Rows per Parquet row group: a few images, or 64 Ki points.
+_ROW_GROUP_ROWS = {KIND_DEPTH: 64, KIND_TRAINING: 64, KIND_POINTS: 1 << 16}
 ERROR_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("source", pa.string()),
@@ -120,7 +174,7 @@ ERROR_SCHEMA = pa.schema([
 STATUS_FIELDS: list[pa.Field] = [pa.field("error_stage", pa.string()), pa.field("error_reason", pa.string())]
 #: String columns worth dictionary-encoding in Parquet (binary columns are not).
 DICTIONARY_COLUMNS: tuple[str, ...] = (
-    "depth_encoding", "depth_dtype", "scale_source", "space", "predictor", "refiner", "stage",
+    "depth_encoding", "depth_dtype", "scale_source", "space", "predictor", "refiner", "stage", "image_id",
 )
 
 
@@ -129,19 +183,61 @@ class ShardFormatError(ValueError):
 
 
 def schema_for(kind: str) -> pa.Schema:
-    """The Arrow schema of a ``depth`` or ``training`` shard."""
+    """The Arrow schema of a ``depth``, ``training`` or ``points`` shard."""
     if kind == KIND_DEPTH:
         return DEPTH_SCHEMA
     if kind == KIND_TRAINING:
         return TRAINING_SCHEMA
+    if kind == KIND_POINTS:
+        return POINT_SCHEMA
     raise ShardFormatError(f"unknown shard kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
 def result_schema(kind: str) -> pa.Schema:
-    """What a pipeline stage returns: the shard columns, nullable, plus the status columns
-    (a failed row has only ``id``, ``source`` and the status set)."""
-    fields = [f.with_nullable(True) for f in schema_for(kind)]
-    return pa.schema(fields + STATUS_FIELDS)
+    """What a pipeline stage returns, one row per image: the shard columns (for point
+    shards the image's encoded points), nullable, plus the status columns (a failed row
+    has only ``id``, ``source`` and the status set)."""
+    fields = _POINT_IMAGE_FIELDS if kind == KIND_POINTS else schema_for(kind)
+    return pa.schema([f.with_nullable(True) for f in fields] + STATUS_FIELDS)
+
+
+def row_group_size(kind: str) -> int:
+    """Rows per Parquet row group in a shard of ``kind``."""
+    schema_for(kind)
+    return _ROW_GROUP_ROWS[kind]
+
+
+def point_rows(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """The ``POINT_SCHEMA`` table of successful per-image stage rows (``result_schema
+    ("points")``), their points in the order of ``rows``."""
+    names, owner, xyz, rgb, conf = [], [], [], [], []
+    for k, row in enumerate(rows):
+        pts = decode_array(row["points"])
+        cols, c = decode_array(row["colors"]), decode_array(row["confidence"])
+        n = 0 if pts is None else len(pts)
+        if pts is None or pts.shape != (n, 3) or cols is None or cols.shape != (n, 3) or c is None or c.shape != (n,):
+            raise ShardFormatError(f"row {shorten(row.get('id'))}: points, colors and confidence must be Nx3, Nx3 and N")
+        names.append(row["id"])
+        owner.append(np.full(n, k, dtype=np.int64))
+        xyz.append(pts.astype(np.float32))
+        rgb.append(cols.astype(np.uint8))
+        conf.append(c.astype(np.float32))
+    p = np.concatenate(xyz) if xyz else np.zeros((0, 3), np.float32)
+    col = np.concatenate(rgb) if rgb else np.zeros((0, 3), np.uint8)
+    image_ids = pa.array(names, pa.string()).take(pa.array(np.concatenate(owner) if owner else np.zeros(0, np.int64)))
+    arrays = [image_ids,
+              *(pa.array(p[:, k]) for k in range(3)), *(pa.array(col[:, k]) for k in range(3)),
+              pa.array(np.concatenate(conf) if conf else np.zeros(0, np.float32))]
+    return pa.Table.from_arrays(arrays, schema=POINT_SCHEMA)
+
+
+def shard_table(kind: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """The shard file's table of the successful stage rows of one shard: one row per
+    image (``depth``, ``training``), or one row per point (``points``, :func:`point_rows`)."""
+    if kind == KIND_POINTS:
+        return point_rows(rows)
+    schema = schema_for(kind)
+    return pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
 
 
 def encode_array(array: np.ndarray) -> bytes:
@@ -232,8 +328,9 @@ def decode_regions(row: Mapping[str, Any] | Any) -> np.ndarray:
 
 
 def file_metadata(kind: str, *, shard: int, predictor: str, refiner: str, config: Mapping[str, Any],
-                  package_version: str) -> dict[bytes, bytes]:
-    """The Parquet key/value metadata of one shard file."""
+                  package_version: str, images: Mapping[str, Any] | None = None) -> dict[bytes, bytes]:
+    """The Parquet key/value metadata of one shard file (``images``: the per-image
+    summary of a point shard, stored as JSON under ``sddr.images``)."""
     schema_for(kind)
     values = {
         "format": FORMAT,
@@ -244,6 +341,8 @@ def file_metadata(kind: str, *, shard: int, predictor: str, refiner: str, config
         "config": json.dumps(dict(config), sort_keys=True),
         "package_version": package_version,
     }
+    if images is not None:
+        values["images"] = json.dumps(dict(images), sort_keys=True)
     return {f"{METADATA_PREFIX}{k}".encode(): v.encode() for k, v in values.items()}
 
 
@@ -257,4 +356,6 @@ def parse_file_metadata(metadata: Mapping[bytes, bytes] | None) -> dict[str, Any
     if out.get("format") != FORMAT:
         raise ShardFormatError(f"not an sddr shard (format {out.get('format')!r}, expected {FORMAT!r})")
     out["config"] = json.loads(out.get("config", "{}"))
+    if "images" in out:
+        out["images"] = json.loads(out["images"])
     return out
