@@ -19,10 +19,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SegformerConfig, SegformerModel
 
 from .config import MIT_PATCH_SIZES, MIT_STRIDES, TOTAL_STRIDE, RefinerConfig
 from .fusion import blend_candidates, fusion_candidates
+from .mit import MiT, MiTConfig
 from .upsample import area_resize, guided_upsample
 
 
@@ -101,6 +101,21 @@ class ResidualDown(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
+def mit_config(config: RefinerConfig, num_channels: int) -> MiTConfig:
+    """The MiT encoder's settings in ``config``, fed ``num_channels`` stem channels."""
+    return MiTConfig(
+        num_channels=num_channels,
+        hidden_sizes=config.mit_hidden_sizes,
+        depths=config.mit_depths,
+        num_heads=config.mit_num_heads,
+        sr_ratios=config.mit_sr_ratios,
+        mlp_ratios=config.mit_mlp_ratios,
+        patch_sizes=MIT_PATCH_SIZES,
+        strides=MIT_STRIDES,
+        drop_path_rate=config.drop_path_rate,
+    )
+
+
 class FeatureInteraction(nn.Module):
     """Joint self-attention over the deepest low and high tokens, added back residually."""
 
@@ -171,22 +186,7 @@ class SDDRNet(nn.Module):
         c1, c2, c3 = config.stem_channels
         dw = config.depthwise
         self.stem = nn.ModuleList([ResidualDown(1, c1, dw), ResidualDown(c1, c2, dw), ResidualDown(c2, c3, dw)])
-        self.mit = SegformerModel(SegformerConfig(
-            num_channels=c2,
-            num_encoder_blocks=4,
-            depths=list(config.mit_depths),
-            sr_ratios=list(config.mit_sr_ratios),
-            hidden_sizes=list(config.mit_hidden_sizes),
-            patch_sizes=list(MIT_PATCH_SIZES),
-            strides=list(MIT_STRIDES),
-            num_attention_heads=list(config.mit_num_heads),
-            mlp_ratios=list(config.mit_mlp_ratios),
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            classifier_dropout_prob=0.0,
-            drop_path_rate=config.drop_path_rate,
-            reshape_last_stage=True,
-        ))
+        self.mit = MiT(mit_config(config, num_channels=c2))
         deepest = config.mit_hidden_sizes[-1]
         self.interaction = (
             FeatureInteraction(deepest, config.interaction_layers, config.interaction_heads, config.interaction_ffn)
@@ -230,7 +230,7 @@ class SDDRNet(nn.Module):
         s1 = self.stem[0](x)
         s2 = self.stem[1](s1)
         s3 = self.stem[2](s2)
-        stages = self.mit(pixel_values=s2, output_hidden_states=True).hidden_states
+        stages = self.mit(s2)
         return [*reversed(stages), s3, s2, s1]
 
     def forward_network(self, low: torch.Tensor, high: torch.Tensor,
