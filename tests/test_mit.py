@@ -126,6 +126,22 @@ def test_parameter_names_order_and_seeded_init_match(name: str) -> None:
     assert torch.equal(ref_next, ours_next)
 
 
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_seeded_network_init_unchanged(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh seeded SDDRNet (a new training run) gets the same weights as when its
+    encoder was transformers' model, every module after the encoder included."""
+    import sddr_pipeline.models.network as network
+
+    ours = Refiner.from_config(name, seed=7).net.state_dict()
+    monkeypatch.setattr(network, "MiT", lambda cfg: SegformerEncoder(segformer(PRESETS[name], cfg.num_channels)))
+    ref_net = Refiner.from_config(name, seed=7).net
+    assert isinstance(ref_net.mit, SegformerEncoder)
+    ref = ref_net.state_dict()
+    assert list(ref) == list(ours)
+    for k in ref:
+        assert torch.equal(ref[k], ours[k]), k
+
+
 # --- numerics ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
