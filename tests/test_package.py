@@ -107,6 +107,7 @@ def test_packaging_metadata_builds_without_setuptools_warnings(tmp_path):
     assert "Warning" not in out.stdout + out.stderr, out.stdout + out.stderr
     shipped = {p.relative_to(lib).as_posix() for p in lib.rglob("*") if p.is_file() and p.suffix != ".py"}
     assert shipped == {
+        "sddr_pipeline/pipelines/configs/pointcloud.yaml",
         "sddr_pipeline/pipelines/configs/pseudolabel.yaml",
         "sddr_pipeline/pipelines/configs/refine.yaml",
         "sddr_pipeline/training/recipes/default.yaml",
