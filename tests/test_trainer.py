@@ -347,6 +347,18 @@ def test_resume_may_switch_to_a_preset_with_the_same_parameters(straight_run, tm
     assert record["config"]["preset"] == "sddr-small-fast"
 
 
+def test_resume_may_change_the_loss_for_the_remaining_steps(straight_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    train(config_from_dict(tiny(out, steps=7, loss={"select": 0.5})), progress=None)
+    record = json.loads((out / "checkpoints" / "step-000007.json").read_text())
+    assert record["config"]["loss"]["select"] == 0.5
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 7 and "select" in last["loss"]
+
+
 def _write_checkpoints(folder: Path, steps: list[int], corrupt: set[int]) -> None:
     from sddr_pipeline.training.trainer import save_checkpoint
 

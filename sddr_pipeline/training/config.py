@@ -32,9 +32,12 @@ from .shard_source import PREDICTION_SPACES, is_uri
 #: self-distillation round: pseudo-labels G_S regenerated from the current model at its
 #: start, then L_gt + grad * L_grad + fusion * L_fusion (see ``training.distill``).
 STAGE_KINDS: tuple[str, ...] = ("gt", "distill")
-#: Keys that may change between an interrupted run and its resumption.
+#: Keys that may change between an interrupted run and its resumption. ``stages`` and
+#: ``loss`` change what the remaining steps optimise (a branch of the run that keeps its
+#: optimizer state and schedule, e.g. a control without distillation, or a new loss term);
+#: the checkpoints record the settings each was made with.
 RESUMABLE_CHANGES = frozenset({
-    "steps", "stages", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
+    "steps", "stages", "loss", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
     "output", "device", "threads", "data_workers",
 })
 
