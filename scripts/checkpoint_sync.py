@@ -6,7 +6,7 @@ A run's output folder (``runs/NAME``) is not versioned; its newest verified chec
     .venv/bin/python scripts/checkpoint_sync.py restore checkpoints/long runs/long
 
 ``save`` copies the newest checkpoint whose files match their recorded sha256 (weights,
-optimizer state + RNG, JSON record) and the run's ``log.jsonl`` (every step's seconds: what
+optimizer state + RNG, the weight average when the run keeps one, JSON record) and the run's ``log.jsonl`` (every step's seconds: what
 the run has spent) into the versioned folder, replacing what was there, atomically per
 file. ``restore`` copies them back into a run folder that has no newer checkpoint, after
 which ``sddr train --config NAME --output runs/NAME`` resumes bit for bit. Both print what
@@ -30,7 +30,8 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _files(json_path: Path, record: dict) -> list[Path]:
-    return [json_path.parent / record["weights"], json_path.parent / record["optimizer"], json_path]
+    names = [record["weights"], record["optimizer"], *([record["ema"]] if "ema" in record else [])]
+    return [json_path.parent / name for name in names] + [json_path]
 
 
 def save(run: Path, store: Path) -> int:

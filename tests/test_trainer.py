@@ -359,6 +359,54 @@ def test_resume_may_change_the_loss_for_the_remaining_steps(straight_run, tmp_pa
     assert last["step"] == 7 and "select" in last["loss"]
 
 
+def test_weight_average_is_an_exponential_moving_average():
+    from sddr_pipeline.training.trainer import WeightAverage
+
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average = WeightAverage(net, 0.75)
+    for value in (5.0, 9.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        average.update(net)
+    # 1 -> 0.75 * 1 + 0.25 * 5 = 2 -> 0.75 * 2 + 0.25 * 9 = 3.75
+    assert torch.equal(average.state["weight"], torch.full((1, 2), 3.75))
+    assert net.weight.data.eq(9.0).all()
+
+
+def test_weight_average_resumes_bitwise_and_is_what_a_run_exports(straight_run, tmp_path):
+    from sddr_pipeline.training.trainer import refiner_from_checkpoint
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    train(config_from_dict(tiny(ref, ema=0.5)), progress=None)
+    with pytest.raises(Interrupt):
+        train(config_from_dict(tiny(out, ema=0.5)), progress=stop_at(4, []))
+    train(config_from_dict(tiny(out, ema=0.5)), progress=None)
+    _same_files(out / "checkpoints" / "step-000006.ema.safetensors", ref / "checkpoints" / "step-000006.ema.safetensors")
+    _same_files(out / "final" / "model.safetensors", ref / "final" / "model.safetensors")
+    # the weights follow the same path as without an average; the export is the average
+    _same_files(ref / "checkpoints" / "step-000006.safetensors", straight_run / "checkpoints" / "step-000006.safetensors")
+    averaged = refiner_from_checkpoint(ref / "checkpoints" / "step-000006.json")
+    raw = refiner_from_checkpoint(ref / "checkpoints" / "step-000006.json", average=False)
+    exported = Refiner.from_pretrained(ref / "final")
+    name = "head_proj.weight"
+    assert not torch.equal(averaged.net.state_dict()[name], raw.net.state_dict()[name])
+    assert torch.allclose(exported.net.state_dict()[name].float(), averaged.net.state_dict()[name], atol=1e-3)
+
+
+def test_weight_average_may_start_when_a_run_resumes(straight_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    lines: list[str] = []
+    train(config_from_dict(tiny(out, steps=7, ema=0.9)), progress=lines.append)
+    assert lines[1] == "weight average (decay 0.9) starts at step 6"
+    record = json.loads((out / "checkpoints" / "step-000007.json").read_text())
+    assert record["ema"] == "step-000007.ema.safetensors"
+
+
 def _write_checkpoints(folder: Path, steps: list[int], corrupt: set[int]) -> None:
     from sddr_pipeline.training.trainer import save_checkpoint
 

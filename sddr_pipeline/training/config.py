@@ -37,7 +37,7 @@ STAGE_KINDS: tuple[str, ...] = ("gt", "distill")
 #: optimizer state and schedule, e.g. a control without distillation, or a new loss term);
 #: the checkpoints record the settings each was made with.
 RESUMABLE_CHANGES = frozenset({
-    "steps", "stages", "loss", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
+    "steps", "stages", "loss", "ema", "checkpoint_every", "keep_checkpoints", "validate_every", "validation",
     "output", "device", "threads", "data_workers",
 })
 
@@ -110,6 +110,10 @@ class TrainConfig:
 
     ``init``: weights to start from instead of a seeded random init (``"default"`` or a
     weights folder/file of the same ``preset`` architecture), for fine-tuning.
+    ``ema``: decay of an exponential moving average of the weights (0 = none), updated
+    after every step; when set, validation, ``final`` and :func:`refiner_from_checkpoint`
+    use the average (steadier than single checkpoints of a noisy run). It may be turned on
+    when a run resumes: the average then starts from the resumed weights.
     ``data_workers``: processes that make stage-``gt`` batches ahead of the training step
     (0 = in the training process). Examples are a pure function of (seed, index), so the
     weights do not depend on it; it may change when a run is resumed.
@@ -128,6 +132,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    ema: float = 0.0
     loss: LossWeights = LossWeights()
     data: tuple[SourceSpec, ...] = (SourceSpec(),)
     predictor: str = "simulated"
@@ -330,7 +335,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     if "steps" in d:
         out["steps"] = _int(d["steps"], "steps", 1)
     floats = {"lr": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False), "grad_clip": (0.0, None, False),
-              "min_lr_ratio": (0.0, 1.0, False)}
+              "min_lr_ratio": (0.0, 1.0, False), "ema": (0.0, 0.99999, False)}
     for key, (lo, hi, open_lo) in floats.items():
         if key in d:
             out[key] = _float(d[key], key, lo, hi, open_lo)

@@ -37,6 +37,7 @@ import math
 import re
 import time
 from contextlib import nullcontext
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -243,9 +244,34 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     atomic_write_bytes(path, save(data, metadata=metadata))
 
 
+class WeightAverage:
+    """Exponential moving average of a network's state (``decay`` per step), in float32."""
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
+                      for k, v in net.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        for key, value in net.state_dict().items():
+            avg = self.state[key]
+            if avg.is_floating_point():
+                avg.lerp_(value.detach().float(), 1.0 - self.decay)
+            else:
+                avg.copy_(value)
+
+    def weights_of(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The average in ``net``'s dtypes, ready for ``load_state_dict``."""
+        own = net.state_dict()
+        return {k: v.to(own[k].dtype) for k, v in self.state.items()}
+
+
 def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, stage: str, data: list[dict[str, Any]] | None = None) -> Path:
-    """Write the three files of checkpoint ``step`` (JSON last); returns the JSON path."""
+                    optimizer: torch.optim.Optimizer, stage: str, data: list[dict[str, Any]] | None = None,
+                    average: WeightAverage | None = None) -> Path:
+    """Write the files of checkpoint ``step`` (weights, optimizer state, the weight average
+    when there is one; JSON last); returns the JSON path."""
     stem = f"step-{step:06d}"
     weights = folder / f"{stem}.safetensors"
     optim = folder / f"{stem}.optim.safetensors"
@@ -268,6 +294,11 @@ def save_checkpoint(folder: Path, step: int, config: TrainConfig, net: torch.nn.
         "config": config.to_dict(),
         "time": time.time(),
     }
+    if average is not None:
+        ema = folder / f"{stem}.ema.safetensors"
+        _save_safetensors(ema, average.state)
+        record["ema"] = ema.name
+        record["sha256"][ema.name] = sha256_files(ema)
     if data:
         record["data"] = data
     path = folder / f"{stem}.json"
@@ -296,7 +327,7 @@ def verify_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str]:
     sha256; else (None, why not)."""
     try:
         record = json.loads(path.read_text())
-        for name in (record["weights"], record["optimizer"]):
+        for name in (record["weights"], record["optimizer"], *([record["ema"]] if "ema" in record else [])):
             file = path.parent / name
             if not file.is_file():
                 return None, f"{name} is missing"
@@ -328,15 +359,19 @@ def latest_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def refiner_from_checkpoint(path: str | Path, device: str = "cpu") -> Refiner:
+def refiner_from_checkpoint(path: str | Path, device: str = "cpu", average: bool = True) -> Refiner:
     """The network of checkpoint ``path`` (its ``step-XXXXXX.json``) as a :class:`Refiner`,
-    after verifying its files' sha256: to score or export a run's intermediate weights."""
+    after verifying its files' sha256: to score or export a run's intermediate weights.
+    With ``average`` (default) a checkpoint's weight average is used when it has one."""
     path = Path(path)
     record, why = verify_checkpoint(path)
     if record is None:
         raise ValueError(f"{path}: not a readable training checkpoint ({why})")
     refiner = Refiner.from_config(record["config"]["preset"])
-    refiner.net.load_state_dict(load_file(str(path.parent / record["weights"])), strict=True)
+    name = record["ema"] if average and "ema" in record else record["weights"]
+    own = refiner.net.state_dict()
+    state = {k: v.to(own[k].dtype) for k, v in load_file(str(path.parent / name)).items()}
+    refiner.net.load_state_dict(state, strict=True)
     return refiner.to(device)
 
 
@@ -552,6 +587,8 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         said = record.get("config", {}).get("preset")
         switch = f", preset {said} -> {config.preset}" if said != config.preset else ""
         say(f"resumed from {path.name} (step {start}/{config.steps}{switch})")
+        if config.ema and "ema" not in record:
+            say(f"weight average (decay {config.ema}) starts at step {start}")
     else:
         torch.manual_seed(config.seed)
         if config.init is not None:
@@ -559,13 +596,20 @@ def _train(config: TrainConfig, resume: bool, progress: Progress | None) -> Path
         if log_path.exists():
             log_path.unlink()
 
+    average = None
+    if config.ema:
+        average = WeightAverage(net, config.ema)
+        if found is not None and "ema" in found[1]:
+            average.state = load_file(str(found[0].parent / found[1]["ema"]), device=str(device))
     val = build_validation(config, device) if config.validate_every else None
     if val is not None and start == 0:
         init = evaluate(net, val, config.bf16)
         _append(log_path, {"step": 0, "val": init})
         say(_val_line(0, init))
 
-    _run_steps(config, net, optimizer, examples, val, start, device, out, log_path, say)
+    _run_steps(config, net, optimizer, examples, val, start, device, out, log_path, say, average)
+    if average is not None:
+        net.load_state_dict(average.weights_of(net))
     return _finish(config, refiner, out, log_path, say)
 
 
@@ -619,9 +663,10 @@ def _optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Bat
 
 def _run_steps(config: TrainConfig, net: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: ExampleSource,
                val: ValidationSet | None, start: int, device: torch.device, out: Path, log_path: Path,
-               say: Progress) -> None:
-    """Steps ``start ... config.steps - 1``: learning rate, batch, optimiser step, a log
-    record (with validation every ``validate_every`` steps), checkpoints, a progress line."""
+               say: Progress, average: WeightAverage | None = None) -> None:
+    """Steps ``start ... config.steps - 1``: learning rate, batch, optimiser step (and the
+    weight average), a log record (with validation every ``validate_every`` steps, of the
+    average when there is one), checkpoints, a progress line."""
     ckpt_dir = out / "checkpoints"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.bf16 and device.type == "cuda" else nullcontext()
     run_start = time.perf_counter()
@@ -635,6 +680,8 @@ def _run_steps(config: TrainConfig, net: torch.nn.Module, optimizer: torch.optim
         batch, labels = feed.batch(step, stage.kind)
         t_data = time.perf_counter() - t0
         parts, grad_norm = _optimise(net, optimizer, batch, stage.kind, config, autocast, step)
+        if average is not None:
+            average.update(net)
         done = step + 1
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
@@ -646,10 +693,10 @@ def _run_steps(config: TrainConfig, net: torch.nn.Module, optimizer: torch.optim
             if labels[2]:
                 record["pseudo_labels"]["stored"] = labels[2]
         if val is not None and (done % config.validate_every == 0 or done == config.steps):
-            record["val"] = evaluate(net, val, config.bf16)
+            record["val"] = evaluate(_averaged(net, average), val, config.bf16)
         _append(log_path, record)
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(ckpt_dir, done, config, net, optimizer, stage.kind, examples.fingerprint())
+            save_checkpoint(ckpt_dir, done, config, net, optimizer, stage.kind, examples.fingerprint(), average)
             _prune(ckpt_dir, config.keep_checkpoints)
         elapsed = time.perf_counter() - run_start
         eta = elapsed / (done - start) * (config.steps - done)
@@ -659,6 +706,15 @@ def _run_steps(config: TrainConfig, net: torch.nn.Module, optimizer: torch.optim
         )
         if "val" in record:
             say(_val_line(done, record["val"]))
+
+
+def _averaged(net: torch.nn.Module, average: WeightAverage | None) -> torch.nn.Module:
+    """``net``, or a copy of it holding ``average``'s weights."""
+    if average is None:
+        return net
+    copy = deepcopy(net)
+    copy.load_state_dict(average.weights_of(net))
+    return copy
 
 
 def _finish(config: TrainConfig, refiner: Refiner, out: Path, log_path: Path, say: Progress) -> Path:
