@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -45,16 +46,21 @@ def _is_number(v: Any) -> bool:
 
 @dataclass
 class RayConfig:
-    """How to reach Ray. ``address`` None starts a private local cluster for the run (and
-    shuts it down after) unless Ray is already initialised in the process; ``num_cpus``/
-    ``num_gpus``/``object_store_memory`` (bytes) size that local cluster and are refused
-    together with an address."""
+    """How to reach Ray. ``address`` None takes the ``RAY_ADDRESS`` environment variable
+    (Ray's own convention) when it is set, else starts a private local cluster for the run
+    (and shuts it down after) unless Ray is already initialised in the process;
+    ``num_cpus``/``num_gpus``/``object_store_memory`` (bytes) size that local cluster and
+    are refused together with an address."""
 
     address: str | None = None
     num_cpus: float | None = None
     num_gpus: float | None = None
     object_store_memory: int | None = None
     progress_bars: bool = False
+
+    def __post_init__(self) -> None:
+        if self.address is None:
+            self.address = os.environ.get("RAY_ADDRESS") or None
 
     def validate(self) -> None:
         _check(self.address is None or isinstance(self.address, str), "ray.address", "must be a string")
@@ -67,7 +73,8 @@ class RayConfig:
         _check(isinstance(self.progress_bars, bool), "ray.progress_bars", "must be true or false")
         for key in ("num_cpus", "num_gpus", "object_store_memory"):
             _check(self.address is None or getattr(self, key) is None, f"ray.{key}",
-                   f"sizes the local cluster started when no address is given; the cluster at {self.address} "
+                   f"sizes the local cluster started when no address is given; the cluster at {self.address}"
+                   f"{' (RAY_ADDRESS)' if self.address == os.environ.get('RAY_ADDRESS') else ''} "
                    "has its own resources: leave it out or drop the address")
 
 

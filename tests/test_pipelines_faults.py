@@ -48,6 +48,23 @@ def test_num_cpus_with_a_ray_address_is_a_one_line_cli_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_ray_address_comes_from_the_environment_like_ray_init(tmp_path, capsys, monkeypatch):
+    from pipelines.config import RayConfig
+    from sddr_pipeline.cli.main import main
+
+    monkeypatch.setenv("RAY_ADDRESS", DEAD_ADDRESS)
+    assert RayConfig().address == DEAD_ADDRESS and RayConfig(address="other:1").address == "other:1"
+    write_images(tmp_path / "in", ["a"])
+    rc = main(["pipeline", "refine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+               "--predictor", "simulated", "--num-cpus", "2"])
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        f"sddr pipeline refine: ray.num_cpus: sizes the local cluster started when no address is given; "
+        f"the cluster at {DEAD_ADDRESS} (RAY_ADDRESS) has its own resources: leave it out or drop the address\n")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert RayConfig().address is None
+
+
 # ------------------------------------------------------------------ Ray start-up and shutdown
 
 
