@@ -187,6 +187,8 @@ def main() -> int:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="score the weights under another refiner setting that changes no parameter shape, e.g. "
                         "head_scale=2 or fusion_median=3 (Refiner.with_config); repeatable")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="with a checkpoint: its raw weights, not its weight average (training `ema`)")
     p.add_argument("--from-json", type=Path, default=None, help="convert an earlier --json file to --markdown, running nothing")
     p.add_argument("--compare", type=Path, nargs="+", default=None,
                    help="print the one-stage ratios of several --json files side by side, running nothing")
@@ -201,7 +203,7 @@ def main() -> int:
         args.markdown.write_text(markdown(data["refiner"], data["cells"], tuple(data["seeds"])))
         return 0
     torch.set_num_threads(args.threads)
-    refiner = (refiner_from_checkpoint(args.weights) if args.weights.endswith(".json")
+    refiner = (refiner_from_checkpoint(args.weights, average=not args.raw_weights) if args.weights.endswith(".json")
                else Refiner.from_pretrained(args.weights))
     if args.override:
         changes = {}
