@@ -227,7 +227,7 @@ class Watchdog:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Driver work (writing a shard) that must not count as a stall."""
+        """Driver work (committing a shard to the manifest) that must not count as a stall."""
         self._paused += 1
         try:
             yield

@@ -99,20 +99,21 @@ def main() -> int:
     data = work / f"data-{args.images}-{args.size}"
     if not (data / "dataset.json").exists():
         subprocess.run([*sddr, "synth", str(data), "--count", str(args.images), "--size", args.size, "--seed", "0"],
-                       env=env, check=True)
+                       env=env, cwd=work, check=True)
     out = work / args.output_name
     subprocess.run(["rm", "-rf", str(out)], check=True)
     config = work / "memory.yaml"
-    config.write_text("progress_interval_s: 1\nstall_timeout_s: 900\n")
+    config.write_text("progress_interval_s: 0\nstall_timeout_s: 900\n")  # a line whenever the driver learns of rows
     cmd = [*sddr, "pipeline", "refine", "--config", str(config), "--input", str(data), "--output", str(out),
            "--predictor", "simulated", "--low-res", str(args.low_res), "--high-res", str(args.high_res),
            "--actors", "1", "--gpus-per-actor", "0", "--torch-threads", "1", "--batch-size", str(args.batch_size),
            "--rows-per-shard", str(args.rows_per_shard), "--num-cpus", str(args.num_cpus),
            "--object-store-memory", str(200 * MB)]
-    print("command:", f"PYTHONPATH={repo} OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", shlex.join(cmd), flush=True)
+    print("command:", f"cd {work} && PYTHONPATH={repo} OMP_NUM_THREADS={env['OMP_NUM_THREADS']}", shlex.join(cmd), flush=True)
 
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # run from WORK: `python -m` and Ray's workers put the current folder first on sys.path
+    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = {"done": 0, "total": args.images}
     lines: list[str] = []
 
@@ -157,18 +158,27 @@ def main() -> int:
         print(f"{label:>12s} {s['t']:5.0f} {s['done']:>5d}/{s['total']:<4d} {cell(s, 'driver'):>15s} "
               f"{cell(s, 'actor'):>15s} {cell(s, 'tasks', True):>19s} {s['ray']['rss_mb']:10.0f}")
 
-    first = next((s for s in running if s["done"] > 0), None)
-    if first:
-        show("first rows", first)
+    working = [s for s in running if s["done"] > 0]
+    if working:
+        show("first rows", working[0])
     for pct in (10, 50, 100):
-        at = next((s for s in running if s["done"] * 100 >= pct * s["total"]), running[-1] if running else None)
+        at = next((s for s in working if s["done"] * 100 >= pct * s["total"]), None)
         if at:
             show(f"{pct}% rows", at)
-    if running:
-        print(f"{'peak RSS':>12s} {'':5s} {'':10s} " + " ".join(
-            f"{max(s[k]['rss_mb'] for s in running):{w}.0f}" for k, w in (("driver", 8), ("actor", 15), ("tasks", 16),
-                                                                         ("ray", 20))))
-        print("job workers at the last sample:", "; ".join(f"{t} {r:.0f} ({p:.0f})" for t, r, p in running[-1]["processes"]))
+        elif working:
+            show("last sample", working[-1])
+
+    def peaks(label: str, chosen: list[dict]) -> None:
+        if chosen:
+            print(f"{label:>12s} {'':5s} {'':10s} " + " ".join(
+                f"{max(s[k]['rss_mb'] for s in chosen):{w}.0f}" for k, w in (("driver", 8), ("actor", 15), ("tasks", 16),
+                                                                             ("ray", 20))))
+
+    peaks("peak, start", [s for s in samples if s["done"] == 0])
+    peaks("peak, rows", working)
+    if working:
+        print("job workers at the last sample with rows:",
+              "; ".join(f"{t} {r:.0f} ({p:.0f})" for t, r, p in working[-1]["processes"]))
     manifest = json.loads((out / "manifest.json").read_text())
     print("manifest counts:", manifest["counts"])
     (work / "memory.json").write_text(json.dumps({"command": cmd, "pythonpath": str(repo), "seconds": seconds,
