@@ -603,6 +603,16 @@ def test_the_driver_receives_shard_summaries_never_maps(tmp_path, weights, ray_c
     assert_exactly_once(out, set(names))
 
 
+def test_rows_done_reach_the_driver_before_their_shard_is_complete(tmp_path, weights, ray_cluster):
+    names = [f"p{i}" for i in range(6)]
+    write_images(tmp_path / "in", names)
+    report, lines = run_refine(ray_cluster, tmp_path / "in", tmp_path / "out", write_predictor(tmp_path / "mods", delay=0.4),
+                               weights, gpus_per_actor=0, actors=1, cpus_per_actor=0.5, batch_size=1, rows_per_shard=6)
+    assert report.shards_written == [0] and report.first_result_seconds < report.seconds
+    partial = [line for line in lines if "0/1 shards" in line and "/6 rows" in line and " 0/6 rows" not in line]
+    assert partial, lines  # the actor reports each model call; the watchdog beats on these too
+
+
 @pytest.mark.slow
 def test_dataset_with_ground_truth_resumes_only_missing_shards(tmp_path, weights, ray_cluster):
     from sddr_pipeline.data import write_synthetic_dataset
