@@ -62,7 +62,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-actor", type=_non_negative_float, default=None, help="fractions share a GPU; 0 for CPU actors")
     p.add_argument("--cpus-per-actor", type=_non_negative_float, default=None, help="fractional CPUs per actor")
     p.add_argument("--torch-threads", type=_positive_int, default=None, help="torch threads per actor")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="rows per actor call")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per model call (an actor works on a whole shard)")
     p.add_argument("--rows-per-shard", type=_positive_int, default=None)
     p.add_argument("--include-image", action=argparse.BooleanOptionalAction, default=None, help="store the input image bytes in the shards")
     p.add_argument("--max-failed-share", type=_non_negative_float, default=None, help="fail when more than this share of inputs fails")

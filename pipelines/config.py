@@ -83,14 +83,16 @@ class PipelineConfig:
     """Settings every pipeline shares.
 
     Inputs and outputs: ``input``/``output`` URIs, ``input_kind`` and dataset ``layout``
-    (see :mod:`.inputs`), ``storage_options`` for fsspec (both sides), ``rows_per_shard``.
+    (see :mod:`.inputs`), ``storage_options`` for fsspec (both sides), ``rows_per_shard``
+    (also the unit of work: a read task fetches a whole shard's inputs and one actor
+    makes and writes the whole shard, so a worker holds about one shard's rows).
     Models: ``predictor`` spec, refiner ``weights``, ``low_res``/``high_res``, ``device``
     inside the actors (``auto``: CUDA when torch sees it, else CPU).
     Resources: ``actors`` (None: one per GPU, or one per free CPU), ``gpus_per_actor``
     (None: 1 when the cluster has GPUs, else 0; fractions share a GPU), ``cpus_per_actor``
     (None: what is left after ``read_cpus``, at most 1), ``read_cpus`` per read task,
-    ``torch_threads`` per actor (None: its whole CPUs, at least 1), ``batch_size`` rows per
-    actor call. Robustness: ``max_failed_share`` of inputs that may fail before the job
+    ``torch_threads`` per actor (None: its whole CPUs, at least 1), ``batch_size`` images per
+    model call. Robustness: ``max_failed_share`` of inputs that may fail before the job
     fails, ``io_retry_timeout_s`` spent at most retrying one storage operation through
     transient errors (an object-store outage shorter than that costs no work), optionally
     also capped at ``io_attempts`` tries, ``stall_timeout_s`` without any result

@@ -84,8 +84,9 @@ class InputError(ValueError):
 class InputSet:
     """The sorted ids of an input and, per id, its image's source URI.
 
-    For ``parquet`` inputs ``sources`` name the file each row came from and ``files`` list
-    the files to read; for ``dataset`` inputs ``root``/``layout`` reopen the dataset and
+    For ``parquet`` inputs ``sources`` name the file each row came from, ``rows`` give each
+    id's row number in that file (the read step fetches rows by position) and ``files``
+    list the files; for ``dataset`` inputs ``root``/``layout`` reopen the dataset and
     ``sources`` are ``root/id`` until the read step fills in the image's path. ``cameras``
     (``colmap``, ``transforms``) maps each id to its :data:`CAMERA_COLUMNS` values."""
 
@@ -97,6 +98,7 @@ class InputSet:
     root: str | None = None
     layout: str | None = None
     cameras: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    rows: Mapping[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uri": self.uri, "kind": self.kind, "count": len(self.ids)}
@@ -207,7 +209,7 @@ def _list_parquet(uri: str, fs, path: str, cameras: bool = False) -> InputSet:
     files = [path] if fs.isfile(path) else parquet_files(fs, path)
     if not files:
         raise InputError(f"input {uri} holds no .parquet files")
-    pairs = []
+    pairs, rows = [], {}
     for f in files:
         schema = pq.read_schema(f, filesystem=fs)
         missing = {"id", "image"} - set(schema.names)
@@ -220,7 +222,8 @@ def _list_parquet(uri: str, fs, path: str, cameras: bool = False) -> InputSet:
         ids = pq.read_table(f, filesystem=fs, columns=["id"]).column("id").to_pylist()
         where = unstrip(fs, f)
         pairs.extend((check_id(i, where), where) for i in ids)
-    return _finish(uri, "parquet", pairs, files=tuple(unstrip(fs, f) for f in files))
+        rows.update((i, k) for k, i in enumerate(ids))
+    return _finish(uri, "parquet", pairs, files=tuple(unstrip(fs, f) for f in files), rows=rows)
 
 
 def _colmap_model(fs, path: str) -> str | None:

@@ -1,15 +1,19 @@
-"""The driver of a shard job: plan, run the Ray stages, publish whole shards, resume.
+"""The driver of a shard job: plan, run the Ray stages, commit whole shards, resume.
 
 1. List the input and sort its ids; shard N gets the ids at positions
    ``[N * rows_per_shard, (N + 1) * rows_per_shard)`` (:class:`ShardPlan`).
 2. Open the output: a new one gets a manifest; an existing one must have been made with
    the same settings and the same input, and its temporaries are removed. Shards the
    manifest lists as completed (and whose files exist) are skipped.
-3. Run read tasks and the model actor pool over the pending ids only; collect the results
-   on the driver, keyed by id (a retried block's rows are counted once), and as soon as
-   a shard has a result for each of its ids publish its error file, then the shard, then
-   the manifest. A crash at any point leaves complete files only, and a rerun redoes
-   exactly the shards that were not recorded.
+3. Run one row per pending shard through read tasks (:func:`~.stage.read_shard`: every
+   input of the shard) and the model actor pool (:class:`~.stage.ShardStage`). The WORKERS
+   write each shard's error file, then its shard file, and return a small summary; the
+   driver receives only summaries (never maps) and commits each one to the manifest
+   (:class:`ShardCollector`; a retried shard's second summary is ignored). Rows done so
+   far reach the driver through a small :class:`ProgressBoard` actor, for progress lines
+   and the stall watchdog. A crash at any point leaves complete files only, and a rerun
+   redoes exactly the shards that were not recorded (rewriting, under the same name, any
+   file a worker published that the manifest does not list).
 """
 from __future__ import annotations
 
@@ -29,20 +33,22 @@ import pyarrow as pa
 
 from sddr_pipeline import __version__
 from sddr_pipeline.io.resumable import check_settings, locked_output
-from sddr_pipeline.shards.io import StorageError, filesystem, remove_file, write_table
-from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name, shard_of
-from sddr_pipeline.shards.schema import (ERROR_SCHEMA, FORMAT, KIND_POINTS, file_metadata, row_group_size,
-                                         shard_table)
+from sddr_pipeline.shards.io import StorageError
+from sddr_pipeline.shards.layout import LayoutError, OutputLayout, ShardPlan, now, published_shards, shard_name
+from sddr_pipeline.shards.schema import FORMAT, KIND_POINTS
 
 from . import reaper
 from .config import ConfigError, PipelineConfig, RayConfig
-from .inputs import CAMERA_FIELDS, PARQUET_CAMERA_COLUMNS, InputSet, list_inputs
+from .inputs import CAMERA_FIELDS, InputSet, list_inputs
 from .resources import Resources, resolve_resources
-from .stage import read_inputs, select_parquet_rows
+from .stage import ShardStage, pack_rows, read_shard
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-MAX_BLOCK_ROWS = 64
+#: Seconds between the driver's reads of the workers' progress.
+PROGRESS_POLL_S = 0.5
+#: Shards queued on one actor besides the one it works on (whole shards are large units).
+SHARDS_IN_FLIGHT_PER_ACTOR = 2
 #: Ray log records that are notices, not problems: (logger, start of the message).
 RAY_NOTICES: tuple[tuple[str, str], ...] = (
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster"),
@@ -221,7 +227,7 @@ class Watchdog:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Driver work (writing a shard) that must not count as a stall."""
+        """Driver work (committing a shard to the manifest) that must not count as a stall."""
         self._paused += 1
         try:
             yield
@@ -314,97 +320,105 @@ def _update_counts(manifest: dict[str, Any], total: int) -> None:
 
 
 class ShardCollector:
-    """Gathers result rows by shard and publishes each shard once it is complete."""
+    """Commits the shards the workers wrote: each :data:`~sddr_pipeline.shards.writer.SUMMARY_SCHEMA`
+    row becomes the shard's manifest entry (the manifest is written after each), once per
+    shard; summaries of shards not pending (a retried call's repeat) are ignored."""
 
     def __init__(self, plan: ShardPlan, pending: list[int], layout: OutputLayout, job: Job, config: PipelineConfig,
-                 manifest: dict[str, Any], report: PipelineReport, progress: ProgressLog) -> None:
+                 manifest: dict[str, Any], report: PipelineReport) -> None:
         self.plan, self.layout, self.job, self.config = plan, layout, job, config
-        self.manifest, self.report, self.progress = manifest, report, progress
-        self.first_ids = plan.first_ids
-        self.expected = {i: frozenset(plan.shard_ids(i)) for i in pending}
-        self.rows: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in pending}
-        self.seen = 0
+        self.manifest, self.report = manifest, report
+        self.pending = set(pending)
         self.ignored = 0
 
-    def add(self, table: pa.Table) -> None:
-        for row in table.to_pylist():
-            i = shard_of(self.first_ids, row["id"])
-            buf = self.rows.get(i)
-            if buf is None or row["id"] not in self.expected[i] or row["id"] in buf:
+    def add(self, summaries: pa.Table) -> None:
+        for summary in summaries.to_pylist():
+            if summary["shard"] not in self.pending:
                 self.ignored += 1
                 continue
-            buf[row["id"]] = row
-            self.seen += 1
-            if len(buf) == len(self.expected[i]):
-                self.publish(i)
-        self.progress.update(self.report.rows_written + self._buffered_ok(), self.report.rows_failed + self._buffered_failed(),
-                             self._shards_text())
+            self.commit(summary)
 
-    def _buffered_ok(self) -> int:
-        return sum(1 for b in self.rows.values() for r in b.values() if r["error_stage"] is None)
-
-    def _buffered_failed(self) -> int:
-        return sum(1 for b in self.rows.values() for r in b.values() if r["error_stage"] is not None)
-
-    def _shards_text(self) -> str:
-        return f"{len(self.manifest['completed'])}/{self.plan.count}"
-
-    def _versions(self, i: int, rows: list[dict[str, Any]]) -> tuple[str, str]:
-        pairs = {(r["predictor"], r["refiner"]) for r in rows}
-        if len(pairs) != 1:
-            raise PipelineError(f"shard {i}: rows were made by different models {sorted(pairs)}")
-        predictor, refiner = next(iter(pairs))
+    def _versions(self, summary: Mapping[str, Any]) -> None:
+        predictor, refiner = summary["predictor"], summary["refiner"]
         known = self.manifest.get("versions")
-        if known and (known["predictor"], known["refiner"]) != (predictor, refiner):
+        if (known and (known["predictor"], known["refiner"]) != (predictor, refiner)) or summary["bytes"] is None:
+            then = f"{known['predictor']}, {known['refiner']}" if known else "other models"
             raise PipelineError(
                 f"the models changed since earlier shards of {self.layout.uri} were written "
-                f"({known['predictor']}, {known['refiner']} then; {predictor}, {refiner} now); use a new output"
+                f"({then} then; {predictor}, {refiner} now); use a new output"
             )
         self.manifest["versions"] = {"predictor": predictor, "refiner": refiner}
-        return predictor, refiner
 
-    def publish(self, i: int) -> None:
-        t0 = time.perf_counter()
-        buf = self.rows.pop(i)
-        rows = [buf[k] for k in sorted(buf)]
-        ok = [r for r in rows if r["error_stage"] is None]
-        bad = [r for r in rows if r["error_stage"] is not None]
-        predictor, refiner = self._versions(i, rows)
-        table = shard_table(self.job.kind, ok)
-        summary = None
-        if self.job.kind == KIND_POINTS:
-            summary = {r["id"]: {"points": r["point_count"], "scale_source": r["scale_source"], "scale": r["scale"],
-                                 "shift": r["shift"], "world": r["world"]} for r in ok}
-        meta = file_metadata(self.job.kind, shard=i, predictor=predictor, refiner=refiner,
-                             config=self.config.public_dict(), package_version=__version__, images=summary)
-        fs = self.layout.fs
-        retries = {"attempts": self.config.io_attempts, "max_wait_s": self.config.io_retry_timeout_s}
-        errors_path = self.layout.errors_path(i)
-        if bad:
-            errors = [{"id": r["id"], "source": r["source"], "stage": r["error_stage"], "reason": r["error_reason"]} for r in bad]
-            write_table(fs, errors_path, pa.Table.from_pylist(errors, schema=ERROR_SCHEMA), metadata=meta, **retries)
-        else:
-            remove_file(fs, errors_path, **retries)
-        size = write_table(fs, self.layout.shard_path(i), table, metadata=meta,
-                           row_group_size=row_group_size(self.job.kind), **retries)
-        self.manifest["completed"][str(i)] = {
-            "file": f"shards/{shard_name(i)}", "rows": len(ok), "errors": len(bad),
-            "errors_file": f"errors/{shard_name(i)}" if bad else None,
-            "first_id": rows[0]["id"], "last_id": rows[-1]["id"], "bytes": size,
-            "write_seconds": round(time.perf_counter() - t0, 4),
+    def commit(self, summary: Mapping[str, Any]) -> None:
+        """Record one written shard in the manifest, then check the failure share."""
+        i = summary["shard"]
+        self._versions(summary)
+        entry = {
+            "file": f"shards/{shard_name(i)}", "rows": summary["rows"], "errors": summary["errors"],
+            "errors_file": f"errors/{shard_name(i)}" if summary["errors"] else None,
+            "first_id": summary["first_id"], "last_id": summary["last_id"], "bytes": summary["bytes"],
+            "write_seconds": summary["write_seconds"],
         }
         if self.job.kind == KIND_POINTS:  # rows count images; a point shard's file holds one row per point
-            self.manifest["completed"][str(i)]["points"] = table.num_rows
+            entry["points"] = summary["points"]
+        self.manifest["completed"][str(i)] = entry
+        self.pending.discard(i)
         _update_counts(self.manifest, len(self.plan.ids))
         self.layout.write_manifest(self.manifest)
-        self.report.rows_written += len(ok)
-        self.report.rows_failed += len(bad)
+        self.report.rows_written += summary["rows"]
+        self.report.rows_failed += summary["errors"]
         self.report.shards_written.append(i)
         check_failures(self.manifest, self.config, self.layout)
 
     def missing(self) -> dict[int, int]:
-        """Pending shards still incomplete: {index: ids without a result}."""
-        return {i: len(self.expected[i]) - len(b) for i, b in self.rows.items()}
+        """Pending shards without a summary: {index: its number of ids}."""
+        return {i: len(self.plan.shard_ids(i)) for i in sorted(self.pending)}
+
+
+class ProgressBoard:
+    """Rows done per shard as the workers report them (``report``, after each model call);
+    a Ray actor during a run. A shard redone after a worker died keeps its higher count."""
+
+    def __init__(self) -> None:
+        self.shards: dict[int, tuple[int, int]] = {}
+
+    def report(self, shard: int, ok: int, failed: int) -> None:
+        if ok + failed >= sum(self.shards.get(shard, (0, 0))):
+            self.shards[shard] = (ok, failed)
+
+    def totals(self) -> tuple[int, int]:
+        """(rows done, rows failed) over all shards of this run."""
+        return sum(v[0] for v in self.shards.values()), sum(v[1] for v in self.shards.values())
+
+
+class ProgressPoller:
+    """A driver thread that reads a :class:`ProgressBoard` actor every ``interval`` seconds
+    and calls ``on_change(ok, failed)`` when its totals moved."""
+
+    def __init__(self, ray: Any, board: Any, on_change: Callable[[int, int], None], interval: float = PROGRESS_POLL_S) -> None:
+        self.ray, self.board, self.on_change, self.interval = ray, board, on_change, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sddr-progress", daemon=True)
+
+    def _run(self) -> None:
+        last = (0, 0)
+        while not self._stop.wait(self.interval):
+            try:
+                totals = tuple(self.ray.get(self.board.totals.remote(), timeout=5))
+            except Exception as exc:  # progress only: a lost board must not end the job
+                log.debug("could not read the workers' progress: %s", error_summary(exc))
+                continue
+            if totals != last:
+                last = totals
+                self.on_change(*totals)
+
+    def __enter__(self) -> "ProgressPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def check_failures(manifest: Mapping[str, Any], config: PipelineConfig, layout: OutputLayout) -> None:
@@ -416,50 +430,48 @@ def check_failures(manifest: Mapping[str, Any], config: PipelineConfig, layout: 
         )
 
 
-def _block_tables(inputs: InputSet, plan: ShardPlan, pending: list[int], batch_size: int, actors: int) -> list[pa.Table]:
-    """The pending (id, source) rows, with their camera columns when the input has
-    cameras, in blocks sized for streaming: small enough for every actor to get several,
-    at least one actor batch, at most ``MAX_BLOCK_ROWS``."""
+def shard_tasks(inputs: InputSet, plan: ShardPlan, pending: list[int]) -> list[pa.Table]:
+    """One block per pending shard, of one row: ``shard`` and ``inputs``, a
+    :func:`~.stage.pack_rows` cell of the shard's ``id``, ``source``, ``row`` (Parquet
+    inputs: its row in that file) and camera columns (inputs that list them)."""
     position = {id_: k for k, id_ in enumerate(inputs.ids)}
-    ids = [id_ for i in pending for id_ in plan.shard_ids(i)]
-    rows = [{"id": id_, "source": inputs.sources[position[id_]], **inputs.cameras.get(id_, {})} for id_ in ids]
     fields = [pa.field("id", pa.string()), pa.field("source", pa.string())]
+    fields += [pa.field("row", pa.int64())] if inputs.rows else []
     schema = pa.schema(fields + (list(CAMERA_FIELDS) if inputs.cameras else []))
-    block = max(batch_size, min(MAX_BLOCK_ROWS, math.ceil(len(ids) / (4 * actors))))
-    return [pa.Table.from_pylist(rows[k:k + block], schema=schema) for k in range(0, len(ids), block)]
+    blocks = []
+    for i in pending:
+        rows = [{"id": id_, "source": inputs.sources[position[id_]], "row": inputs.rows.get(id_),
+                 **inputs.cameras.get(id_, {})} for id_ in plan.shard_ids(i)]
+        table = pa.Table.from_pylist(rows, schema=schema)
+        blocks.append(pa.table({"shard": pa.array([i], pa.int64()), "inputs": pack_rows([table])}))
+    return blocks
 
 
 def build_dataset(ray: Any, inputs: InputSet, plan: ShardPlan, pending: list[int], config: PipelineConfig,
-                  resources: Resources, job: Job) -> Any:
-    """Read tasks feeding an actor pool of ``job.stage``, over the pending shards only."""
-    storage = dict(config.storage_options)
+                  resources: Resources, job: Job, layout: OutputLayout, versions: tuple[str, str] | None,
+                  progress: Any = None) -> Any:
+    """Read tasks feeding an actor pool of :class:`~.stage.ShardStage` around ``job.stage``,
+    one row per pending shard; the dataset's rows are the shards' summaries. ``versions``:
+    the models of the shards already recorded; ``progress``: a :class:`ProgressBoard` actor."""
+    read_kwargs: dict[str, Any] = {"storage_options": dict(config.storage_options), "attempts": config.io_attempts,
+                                   "max_wait_s": config.io_retry_timeout_s, "cameras": job.cameras}
     if inputs.kind == "parquet":
-        fs, _ = filesystem(inputs.uri, storage)
-        paths = [filesystem(f, storage)[1] for f in inputs.files]
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(paths[0], filesystem=fs).names
-        optional = ["source"] + (list(PARQUET_CAMERA_COLUMNS) if job.cameras else [])
-        columns = ["id", "image"] + [c for c in optional if c in names]
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, include_paths=True)
-        ds = ds.map_batches(select_parquet_rows, fn_kwargs={"first_ids": plan.first_ids, "pending": frozenset(pending),
-                                                            "cameras": job.cameras},
-                            batch_format="pyarrow", batch_size=MAX_BLOCK_ROWS, num_cpus=resources.read_cpus)
-    else:
-        ds = ray.data.from_arrow(_block_tables(inputs, plan, pending, config.batch_size, resources.actors))
-        read_kwargs = {"storage_options": storage, "attempts": config.io_attempts, "max_wait_s": config.io_retry_timeout_s,
-                       "cameras": job.cameras}
-        if inputs.kind == "dataset":
-            read_kwargs.update(dataset_root=inputs.root, dataset_layout=inputs.layout)
-        ds = ds.map_batches(read_inputs, fn_kwargs=read_kwargs, batch_format="pyarrow", batch_size=None,
-                            num_cpus=resources.read_cpus)
+        read_kwargs["parquet"] = True
+    elif inputs.kind == "dataset":
+        read_kwargs.update(dataset_root=inputs.root, dataset_layout=inputs.layout)
+    ds = ray.data.from_arrow(shard_tasks(inputs, plan, pending))
+    ds = ds.map_batches(read_shard, fn_kwargs=read_kwargs, batch_format="pyarrow", batch_size=1,
+                        num_cpus=resources.read_cpus)
     stage_kwargs = {**job.stage_kwargs, "device": config.device, "torch_threads": resources.torch_threads,
                     "include_image": config.include_image, "low_res": config.low_res, "high_res": config.high_res}
     gpu = {"num_gpus": resources.gpus_per_actor} if resources.gpus_per_actor > 0 else {}
-    return ds.map_batches(job.stage, fn_constructor_args=(config.predictor, config.weights),
-                          fn_constructor_kwargs=stage_kwargs, batch_size=config.batch_size, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=resources.actors),
-                          num_cpus=resources.cpus_per_actor, **gpu)
+    return ds.map_batches(
+        ShardStage, fn_constructor_args=(job.stage, config.predictor, config.weights),
+        fn_constructor_kwargs={"layout": layout, "config": config.public_dict(), "batch_size": config.batch_size,
+                               "versions": versions, "progress": progress, "stage_kwargs": stage_kwargs},
+        batch_size=1, batch_format="pyarrow", num_cpus=resources.cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=resources.actors, max_tasks_in_flight_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR),
+        **gpu)
 
 
 def preflight(config: PipelineConfig) -> None:
@@ -529,17 +541,29 @@ def run_job(config: PipelineConfig, job: Job, progress: Progress | None = stderr
             ctx = ray.data.DataContext.get_current()
             bars = ctx.enable_progress_bars
             ctx.enable_progress_bars = config.ray.progress_bars
+            collector = ShardCollector(plan, pending, layout, job, config, manifest, report)
+
+            def result_arrived() -> None:
+                dog.beat()
+                if report.first_result_seconds is None:
+                    report.first_result_seconds = time.perf_counter() - t_start
+
+            def workers_progressed(ok: int, failed: int) -> None:
+                result_arrived()
+                log_progress.update(ok, failed, f"{len(manifest['completed'])}/{plan.count}")
+
+            known = manifest.get("versions")
             try:
-                ds = build_dataset(ray, inputs, plan, pending, config, resources, job)
-                collector = ShardCollector(plan, pending, layout, job, config, manifest, report, log_progress)
+                board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+                ds = build_dataset(ray, inputs, plan, pending, config, resources, job, layout,
+                                   (known["predictor"], known["refiner"]) if known else None, board)
                 batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
                 try:
-                    for batch in batches:
-                        if report.first_result_seconds is None:
-                            report.first_result_seconds = time.perf_counter() - t_start
-                        dog.beat()
-                        with dog.paused():
-                            collector.add(batch)
+                    with ProgressPoller(ray, board, workers_progressed):
+                        for batch in batches:  # summaries only: the workers wrote the shards
+                            result_arrived()
+                            with dog.paused():
+                                collector.add(batch)
                 finally:
                     getattr(batches, "close", lambda: None)()
             finally:

@@ -9,9 +9,12 @@ pipeline's ``INPUT_SCHEMA`` rows). The stage returns the same batch format with 
 column it does not consume kept as it was, plus the results (the :func:`result_schema`
 columns; in numpy batches ``depth`` and the other maps are float32 arrays, not ``.npy``
 bytes). One bad image, one failed prediction, never fails the batch or the actor: it
-becomes a row with ``error_stage``/``error_reason`` set, which the driver writes to
-``errors/``. Nothing here imports Ray, so the stages also run (and are tested) as plain
-Python.
+becomes a row with ``error_stage``/``error_reason`` set, which goes to ``errors/``.
+
+The project's own shard jobs move whole shards: :func:`read_shard` (tasks) fetches every
+input of a shard into one row, and :class:`ShardStage` (actors) runs one of the stages
+above over it, writes the shard's files itself and returns a small summary. Nothing here
+imports Ray, so the stages also run (and are tested) as plain Python.
 """
 from __future__ import annotations
 
@@ -23,11 +26,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sddr_pipeline.data import ImageReadError, read_image
 from sddr_pipeline.devices import resolve_device
-from sddr_pipeline.shards.io import DEFAULT_MAX_WAIT_S, filesystem, read_bytes
-from sddr_pipeline.shards.layout import shard_of
+from sddr_pipeline.shards.io import DEFAULT_MAX_WAIT_S, filesystem, read_bytes, retry
 from sddr_pipeline.shards.schema import (
     KIND_DEPTH,
     KIND_POINTS,
@@ -38,7 +41,7 @@ from sddr_pipeline.shards.schema import (
     result_schema,
 )
 
-from .inputs import CAMERA_COLUMNS, CAMERA_FIELDS, camera_columns
+from .inputs import CAMERA_COLUMNS, CAMERA_FIELDS, PARQUET_CAMERA_COLUMNS, InputError, camera_columns
 
 #: What the read step hands the model stage: the image's bytes, or why they are missing.
 INPUT_SCHEMA = pa.schema([
@@ -137,16 +140,15 @@ def read_inputs(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = 
     return pa.Table.from_pylist(rows, schema=CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA)
 
 
-def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: frozenset[int],
-                        cameras: bool = False) -> pa.Table:
+def parquet_input_rows(batch: pa.Table, *, cameras: bool = False) -> pa.Table:
     """Rows of image shards (``id``, ``image`` bytes or struct{bytes}, optional ``source``,
-    ``path`` from ``include_paths``) that belong to pending output shards, as ``INPUT_SCHEMA``.
+    ``path`` of the file they came from) as ``INPUT_SCHEMA``.
     With ``cameras`` the camera columns come along and an encoded ``depth`` map (with
     ``depth_unit``, :func:`decode_depth_bytes`) becomes ``gt`` (``CAMERA_INPUT_SCHEMA``)."""
     ids = batch.column("id").to_pylist()
     images = batch.column("image")
     if pa.types.is_struct(images.type):
-        images = pa.chunked_array([chunk.field("bytes") for chunk in images.chunks], type=pa.binary())
+        images = pa.chunked_array([chunk.field("bytes") for chunk in images.chunks], type=images.type.field("bytes").type)
     images = images.to_pylist()
     if "source" in batch.column_names:
         sources = batch.column("source").to_pylist()
@@ -158,8 +160,6 @@ def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: f
     given = {c: _cells(batch, c, len(ids)) for c in extra}
     rows = []
     for k, (id_, image, source) in enumerate(zip(ids, images, sources)):
-        if shard_of(first_ids, id_) not in pending:
-            continue
         missing = None if image else "the input row has no image bytes"
         row = {"id": id_, "source": source, "image": image, "gt": None, "gt_kind": None, "read_error": missing}
         if cameras:
@@ -175,6 +175,91 @@ def select_parquet_rows(batch: pa.Table, *, first_ids: Sequence[str], pending: f
                     row["read_error"] = _reason(exc)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA)
+
+
+def _parquet_rows(file: str, positions: Sequence[int], columns: Sequence[str],
+                  storage_options: Mapping[str, Any] | None) -> pa.Table:
+    """Rows ``positions`` of one Parquet file (only the row groups holding them are read), in that order."""
+    fs, path = filesystem(file, storage_options)
+    with fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        wanted = np.asarray(positions, dtype=np.int64)
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= starts[-1]):
+            raise IndexError(f"{file} has {int(starts[-1])} rows, fewer than the listing found")
+        group_of = np.searchsorted(starts, wanted, side="right") - 1
+        groups = sorted(set(group_of.tolist()))
+        table = pf.read_row_groups(groups, columns=present)
+    offset = {g: int(sum(starts[h + 1] - starts[h] for h in groups[:k])) for k, g in enumerate(groups)}
+    take = [offset[g] + int(p - starts[g]) for g, p in zip(group_of.tolist(), wanted.tolist())]
+    return table.take(pa.array(take, pa.int64()))
+
+
+def read_parquet_rows(batch: pa.Table, *, storage_options: Mapping[str, Any] | None = None, attempts: int | None = None,
+                      max_wait_s: float = DEFAULT_MAX_WAIT_S, cameras: bool = False) -> pa.Table:
+    """Fetch rows of Parquet image files by position (``id``, ``source``: the file, ``row``:
+    the row's number in it, as :func:`~.inputs.list_inputs` found them; ``INPUT_SCHEMA`` out,
+    with ``cameras`` the camera columns too: ``CAMERA_INPUT_SCHEMA``; :func:`parquet_input_rows`).
+
+    Only the row groups holding the rows are read, so an input written in id order is read
+    once over a job. Transient storage errors are retried; a file that still cannot be read,
+    or whose row no longer holds the listed id (the input changed), sets ``read_error`` of its rows."""
+    ids, files, positions = (batch.column(c).to_pylist() for c in ("id", "source", "row"))
+    columns = ["id", "image", "source", *(PARQUET_CAMERA_COLUMNS if cameras else ())]
+    by_file: dict[str, list[int]] = {}
+    for k, file in enumerate(files):
+        by_file.setdefault(file, []).append(k)
+    parts, order = [], []
+    for file, ks in by_file.items():
+        try:
+            table = retry(lambda: _parquet_rows(file, [positions[k] for k in ks], columns, storage_options),
+                          what=f"reading {file}", attempts=attempts, max_wait_s=max_wait_s)
+            for k, found in zip(ks, table.column("id").to_pylist()):
+                if found != ids[k]:
+                    raise InputError(f"row {positions[k]} of {file} holds id {found!r}, not {ids[k]!r}: the input "
+                                     "changed since the job listed it")
+            part = parquet_input_rows(table.append_column("path", pa.array([file] * len(ks), pa.string())),
+                                      cameras=cameras)
+        except Exception as exc:  # this file's rows are read errors
+            rows = [{"id": ids[k], "source": file, "read_error": _reason(exc)} for k in ks]
+            part = pa.Table.from_pylist(rows, schema=CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA)
+        parts.append(part)
+        order.extend(ks)
+    table = pa.concat_tables(parts) if parts else (CAMERA_INPUT_SCHEMA if cameras else INPUT_SCHEMA).empty_table()
+    return table.take(pa.array(np.argsort(np.asarray(order, dtype=np.int64), kind="stable")))
+
+
+def _large(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(pa.large_binary()) if pa.types.is_binary(f.type) else f for f in schema])
+
+
+def pack_rows(tables: Sequence[pa.Table]) -> pa.ListArray:
+    """One list cell per table, holding its rows as structs (binary columns as
+    ``large_binary``: a whole shard's bytes may pass 2 GiB). The inverse is :func:`unpack_rows`."""
+    schema = _large(tables[0].schema)
+    tables = [t.cast(schema) for t in tables]
+    values = pa.concat_arrays([pa.StructArray.from_arrays([t.column(c).combine_chunks() for c in schema.names],
+                                                          fields=list(schema)) for t in tables])
+    offsets = np.cumsum([0] + [t.num_rows for t in tables]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def unpack_rows(cell: pa.ListScalar) -> pa.Table:
+    """The rows one :func:`pack_rows` cell holds, as a table."""
+    return pa.Table.from_struct_array(cell.values)
+
+
+def read_shard(batch: pa.Table, *, parquet: bool = False, **kwargs: Any) -> pa.Table:
+    """The read step of a shard job: each row (``shard``, ``inputs``: a :func:`pack_rows`
+    cell of the shard's ``id``, ``source`` and, as the input has them, ``row`` and camera
+    columns) becomes (``shard``, ``inputs``: what :func:`read_inputs`, or for Parquet
+    inputs :func:`read_parquet_rows`, returns for them, packed). ``kwargs`` go to that
+    function. One row holds one whole shard, so Ray can never split a shard between blocks."""
+    read = read_parquet_rows if parquet else read_inputs
+    shards = batch.column("shard").to_pylist()
+    tables = [read(unpack_rows(cell), **kwargs) for cell in batch.column("inputs")]
+    return pa.table({"shard": pa.array(shards, pa.int64()), "inputs": pack_rows(tables)})
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
@@ -651,3 +736,46 @@ class PointCloudStage(_ModelStage):
         return {"points": cloud.points, "colors": cloud.colors, "confidence": cloud.confidence,
                 "point_count": len(cloud), "scale": float(scale), "shift": float(shift),
                 "scale_source": view.source or result.scale_source, "world": view.pose is not None}
+
+
+class ShardStage:
+    """The actor of a shard job: whole shards in (rows of :func:`read_shard`), each shard's
+    files written by this worker (:func:`~sddr_pipeline.shards.writer.publish_shard`), one
+    :data:`~sddr_pipeline.shards.writer.SUMMARY_SCHEMA` row per shard out, so the driver
+    receives summaries only, never maps.
+
+    ``stage`` (:class:`RefineStage`, :class:`PseudoLabelStage`, :class:`PointCloudStage`) is
+    built once with ``predictor``, ``weights`` and ``stage_kwargs`` and called on
+    ``batch_size`` rows at a time; after each call the shard's rows done so far go to
+    ``progress`` (a Ray actor with ``report(shard, ok, failed)``; None: not reported).
+    ``layout`` is the output, ``config`` the settings recorded in each file's metadata,
+    ``versions`` the (predictor, refiner) of the shards already recorded (None: none yet):
+    a shard made by other models is not written."""
+
+    def __init__(self, stage: type, predictor: str, weights: str, *, layout: Any, config: Mapping[str, Any],
+                 batch_size: int, versions: Sequence[str] | None = None, progress: Any = None,
+                 stage_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.model = stage(predictor, weights, **dict(stage_kwargs or {}))
+        self.layout, self.config, self.batch_size, self.progress = layout, dict(config), batch_size, progress
+        self.versions = None if versions is None else tuple(versions)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from sddr_pipeline.shards.writer import SUMMARY_SCHEMA
+
+        summaries = [self.shard(index, unpack_rows(cell))
+                     for index, cell in zip(batch.column("shard").to_pylist(), batch.column("inputs"))]
+        return pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
+
+    def shard(self, index: int, inputs: pa.Table) -> dict[str, Any]:
+        """Result rows for every input of shard ``index``, published; its summary."""
+        from sddr_pipeline.shards.writer import publish_shard
+
+        rows: list[dict[str, Any]] = []
+        failed = 0
+        for start in range(0, inputs.num_rows, self.batch_size):
+            part = self.model(inputs.slice(start, self.batch_size)).to_pylist()
+            rows.extend(part)
+            failed += sum(r["error_stage"] is not None for r in part)
+            if self.progress is not None:
+                self.progress.report.remote(index, len(rows) - failed, failed)
+        return publish_shard(self.layout, self.model.kind, index, rows, config=self.config, versions=self.versions)

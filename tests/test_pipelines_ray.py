@@ -439,33 +439,111 @@ def result_row(id_: str, failed: bool = False) -> dict:
             "space": "disparity", "metric": False, "seconds": 0.01}
 
 
-def test_collector_publishes_whole_shards_once_and_stops_on_failures(tmp_path):
+def test_workers_publish_whole_shards_and_the_driver_commits_each_summary_once(tmp_path):
     from sddr_pipeline.pipelines.inputs import InputSet
     from sddr_pipeline.pipelines.refine import refine_job
-    from sddr_pipeline.pipelines.runner import PipelineReport, ProgressLog, ShardCollector, open_manifest
-    from sddr_pipeline.shards import OutputLayout, ShardPlan, result_schema
+    from sddr_pipeline.pipelines.runner import PipelineReport, ShardCollector, open_manifest
+    from sddr_pipeline.shards import OutputLayout, ShardPlan
+    from sddr_pipeline.shards.writer import SUMMARY_SCHEMA, publish_shard
 
     ids = ("a", "b", "c", "d", "e", "f")
     cfg = build_config(RefinePipelineConfig, {"input": "in", "output": str(tmp_path / "out"), "predictor": "p", "weights": "w",
                                               "rows_per_shard": 2, "max_failed_share": 0.34})
     job, plan, layout = refine_job(cfg), ShardPlan(ids, 2), OutputLayout(cfg.output)
-    manifest = open_manifest(layout, job, cfg, InputSet("in", "images", ids, tuple(f"/in/{i}.png" for i in ids)), plan)
+    inputs = InputSet("in", "images", ids, tuple(f"/in/{i}.png" for i in ids))
+    manifest = open_manifest(layout, job, cfg, inputs, plan)
     report = PipelineReport(output=cfg.output, total=6, pending_at_start=6)
-    collector = ShardCollector(plan, [0, 1, 2], layout, job, cfg, manifest, report, ProgressLog("refine", 6, 0, None))
+    collector = ShardCollector(plan, [0, 1, 2], layout, job, cfg, manifest, report)
 
-    def table(rows: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist(rows, schema=result_schema("depth"))
+    def worker(index: int, rows: list[dict], versions=None) -> pa.Table:  # what a ShardStage call returns
+        return pa.Table.from_pylist([publish_shard(layout, "depth", index, rows, config=cfg.public_dict(), versions=versions)],
+                                    schema=SUMMARY_SCHEMA)
 
-    collector.add(table([result_row("b"), result_row("c"), result_row("b")]))  # a retried block repeats "b"
-    assert report.shards_written == [] and not (tmp_path / "out" / "shards").exists()
-    collector.add(table([result_row("a"), result_row("d", failed=True)]))
-    assert sorted(report.shards_written) == [0, 1] and collector.ignored == 1
+    one = worker(1, [result_row("d", failed=True), result_row("c")])
+    assert (tmp_path / "out" / "shards" / "part-00001.parquet").exists() and report.shards_written == []  # not committed
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["completed"] == {}
+    collector.add(one)
+    collector.add(worker(1, [result_row("c"), result_row("d", failed=True)]))  # a retried call: same file, ignored
+    assert report.shards_written == [1] and collector.ignored == 1
+    collector.add(worker(0, [result_row("b"), result_row("a")]))
     assert pq.read_table(tmp_path / "out" / "shards" / "part-00000.parquet").column("id").to_pylist() == ["a", "b"]
     assert read_errors(cfg.output).column("id").to_pylist() == ["d"]
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["pending"] == 2
+    saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert saved["counts"]["pending"] == 2 and saved["completed"]["1"]["errors_file"] == "errors/part-00001.parquet"
+    assert saved["completed"]["1"]["bytes"] == (tmp_path / "out" / "shards" / "part-00001.parquet").stat().st_size
+    assert collector.missing() == {2: 2}
     with pytest.raises(PipelineFailed, match="3 of 6 inputs failed, more than max_failed_share=0.34"):
-        collector.add(table([result_row("e", failed=True), result_row("f", failed=True)]))
+        collector.add(worker(2, [result_row("e", failed=True), result_row("f", failed=True)]))
     assert_exactly_once(tmp_path / "out", set(ids))
+
+    # a worker whose models differ from the recorded ones writes nothing, and the driver stops
+    other = OutputLayout(str(tmp_path / "other"))
+    manifest = open_manifest(other, job, cfg, inputs, plan)
+    manifest["versions"] = {"predictor": "p@0", "refiner": "r@0"}
+    refused = publish_shard(other, "depth", 0, [result_row("a"), result_row("b")], config={}, versions=("p@0", "r@0"))
+    assert refused["bytes"] is None and not (tmp_path / "other" / "shards").exists()
+    with pytest.raises(PipelineError, match=r"models changed .*\(p@0, r@0 then; p@1, r@1 now\)"):
+        ShardCollector(plan, [0], other, job, cfg, manifest, report).add(pa.Table.from_pylist([refused], schema=SUMMARY_SCHEMA))
+
+
+def test_shard_stage_reads_refines_and_writes_a_whole_shard(tmp_path, weights):
+    from sddr_pipeline.pipelines.runner import shard_tasks
+    from sddr_pipeline.pipelines.stage import ShardStage, read_shard
+    from sddr_pipeline.shards import OutputLayout, ShardPlan
+    from sddr_pipeline.shards.writer import SUMMARY_SCHEMA
+
+    names = ["a", "b", "c", "d", "e"]
+    write_images(tmp_path / "in", names)
+    (tmp_path / "in" / "c.png").write_bytes(b"")  # a decode error inside the shard
+    inputs = list_inputs(str(tmp_path / "in"))
+    plan = ShardPlan(inputs.ids, 3)
+    tasks = shard_tasks(inputs, plan, [1, 0])
+    assert [t.num_rows for t in tasks] == [1, 1] and [t.column("shard")[0].as_py() for t in tasks] == [1, 0]
+    read = read_shard(pa.concat_tables(tasks), attempts=1)
+    assert read.num_rows == 2 and read.column("inputs").type.value_type.field("image").type == pa.large_binary()
+    out = tmp_path / "out"
+    stage = ShardStage(RefineStage, write_predictor(tmp_path / "mods"), weights, layout=OutputLayout(str(out)),
+                       config={"batch_size": 2}, batch_size=2, stage_kwargs={"torch_threads": 1, **RES})
+    summaries = stage(read)
+    assert summaries.schema == SUMMARY_SCHEMA
+    assert {r["shard"]: (r["rows"], r["errors"], r["first_id"], r["last_id"]) for r in summaries.to_pylist()} == {
+        0: (2, 1, "a", "c"), 1: (2, 0, "d", "e")}
+    assert pq.read_table(out / "shards" / "part-00000.parquet").column("id").to_pylist() == ["a", "b"]
+    assert pq.read_table(out / "errors" / "part-00000.parquet").column("id").to_pylist() == ["c"]
+    assert not (out / "errors" / "part-00001.parquet").exists()
+    assert read_metadata(str(out / "shards" / "part-00001.parquet"))["shard"] == "1"
+
+
+def test_parquet_inputs_are_read_by_row_position(tmp_path):
+    from sddr_pipeline.pipelines.runner import shard_tasks
+    from sddr_pipeline.pipelines.stage import read_shard, unpack_rows
+    from sddr_pipeline.shards import ShardPlan
+
+    names = [f"im{i}" for i in range(7)]
+    write_images(tmp_path / "png", names)
+    data = {n: (tmp_path / "png" / f"{n}.png").read_bytes() for n in names}
+    order = [3, 0, 6, 1]  # files not in id order, several row groups each
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [names[i] for i in order], "image": [data[names[i]] for i in order]}),
+                   tmp_path / "in" / "a.parquet", row_group_size=2)
+    pq.write_table(pa.table({"id": ["im5", "im2", "im4"], "image": [data["im5"], data["im2"], data["im4"]],
+                             "source": ["s5", "s2", "s4"]}), tmp_path / "in" / "b.parquet", row_group_size=1)
+    inputs = list_inputs(str(tmp_path / "in"))
+    assert inputs.kind == "parquet" and inputs.rows["im6"] == 2 and inputs.rows["im4"] == 2
+    plan = ShardPlan(inputs.ids, 4)
+    read = read_shard(pa.concat_tables(shard_tasks(inputs, plan, [0, 1])), parquet=True, attempts=1)
+    shards = [unpack_rows(cell) for cell in read.column("inputs")]
+    assert [t.column("id").to_pylist() for t in shards] == [names[:4], names[4:]]
+    for table in shards:
+        for row in table.to_pylist():
+            assert row["image"] == data[row["id"]] and row["read_error"] is None
+    assert shards[1].column("source").to_pylist() == ["s4", "s5", str(tmp_path / "in" / "a.parquet")]
+    pq.write_table(pa.table({"id": ["im5", "zz", "im4"], "image": [data["im5"], b"", data["im4"]]}),
+                   tmp_path / "in" / "b.parquet")  # changed since it was listed
+    read = read_shard(pa.concat_tables(shard_tasks(inputs, plan, [0])), parquet=True, attempts=1)
+    errors = {r["id"]: r["read_error"] for r in unpack_rows(read.column("inputs")[0]).to_pylist()}
+    assert errors == {"im0": None, "im1": None, "im3": None, "im2": errors["im2"]}
+    assert errors["im2"].startswith("InputError: row 1 of ") and "holds id 'zz', not 'im2': the input changed" in errors["im2"]
 
 
 # ------------------------------------------------------------------------ Ray end to end
@@ -501,6 +579,38 @@ def test_refine_folder_on_the_gpu_path_with_bad_inputs(tmp_path, weights, ray_cl
     rerun, _ = run_refine(ray_cluster, tmp_path / "in", out, spec, weights, max_failed_share=0.5,
                           include_image=True, save_predictions=True)
     assert rerun.shards_skipped == 3 and rerun.rows_written == 0 and rerun.resources is None  # nothing started
+
+
+def test_the_driver_receives_shard_summaries_never_maps(tmp_path, weights, ray_cluster, monkeypatch):
+    from sddr_pipeline.pipelines import runner
+    from sddr_pipeline.shards.writer import SUMMARY_SCHEMA
+
+    received: list[pa.Table] = []
+    add = runner.ShardCollector.add
+    monkeypatch.setattr(runner.ShardCollector, "add", lambda self, table: (received.append(table), add(self, table))[1])
+    names = [f"m{i}" for i in range(5)]
+    write_images(tmp_path / "in", names)
+    out = tmp_path / "out"
+    report, lines = run_refine(ray_cluster, tmp_path / "in", out, write_predictor(tmp_path / "mods"), weights,
+                               gpus_per_actor=0, actors=1, cpus_per_actor=0.5, rows_per_shard=2, include_image=True,
+                               save_predictions=True)
+    assert (report.rows_written, sorted(report.shards_written)) == (5, [0, 1, 2])
+    assert received and all(t.schema.equals(SUMMARY_SCHEMA) for t in received)  # everything the driver got
+    assert sorted(r["shard"] for t in received for r in t.to_pylist()) == [0, 1, 2]
+    on_disk = sum(p.stat().st_size for p in (out / "shards").iterdir())
+    assert max(t.nbytes for t in received) < 1024 and on_disk > 50 * sum(t.nbytes for t in received)
+    assert any("5/5 rows" in line for line in lines)
+    assert_exactly_once(out, set(names))
+
+
+def test_rows_done_reach_the_driver_before_their_shard_is_complete(tmp_path, weights, ray_cluster):
+    names = [f"p{i}" for i in range(6)]
+    write_images(tmp_path / "in", names)
+    report, lines = run_refine(ray_cluster, tmp_path / "in", tmp_path / "out", write_predictor(tmp_path / "mods", delay=0.4),
+                               weights, gpus_per_actor=0, actors=1, cpus_per_actor=0.5, batch_size=1, rows_per_shard=6)
+    assert report.shards_written == [0] and report.first_result_seconds < report.seconds
+    partial = [line for line in lines if "0/1 shards" in line and "/6 rows" in line and " 0/6 rows" not in line]
+    assert partial, lines  # the actor reports each model call; the watchdog beats on these too
 
 
 @pytest.mark.slow
