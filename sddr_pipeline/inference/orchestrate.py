@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..predictors.base import Predictor, SampleContext, check_image
+from ..predictors.common import group_indices
 from .core import finish, predict_many, refine_predictions_batch
 from .one_stage import refine_one_stage
 from .options import RefineOptions
@@ -59,12 +60,9 @@ def refine_batch(
     opts = RefineOptions.build(options).resolved(predictor, refiner)
     ctxs = list(contexts) if contexts is not None else [None] * len(images)
     refs = list(scale_references) if scale_references is not None else [None] * len(images)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        key = tuple(np.shape(image)) if opts.mode == "one-stage" else (i,)
-        groups.setdefault(key, []).append(i)
+    keys = [tuple(np.shape(image)) if opts.mode == "one-stage" else i for i, image in enumerate(images)]
     results: list[RefineResult | Exception | None] = [None] * len(images)
-    for indices in groups.values():
+    for indices in group_indices(keys):
         batch: list[RefineResult] | list[RefineResult | Exception] | None = None
         if len(indices) > 1:
             try:

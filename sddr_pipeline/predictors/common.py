@@ -3,7 +3,7 @@ tensor conversion, output resizing and batching of same-size images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -95,16 +95,22 @@ def maps_to_size(pred: torch.Tensor | np.ndarray, size: tuple[int, int], who: st
     return [check_output(m, who) for m in out.cpu().numpy()]
 
 
+def group_indices(keys: Sequence[Hashable]) -> list[list[int]]:
+    """The indices of equal ``keys``, one list per distinct key, in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def group_by_shape(
     images: Sequence[np.ndarray], run: Callable[[list[int]], list[np.ndarray]]
 ) -> list[np.ndarray]:
     """Call ``run(indices)`` once per group of same-shape images; return results in input order."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
+    for image in images:
         check_image(image)
-        groups.setdefault(image.shape, []).append(i)
     results: list[np.ndarray | None] = [None] * len(images)
-    for indices in groups.values():
+    for indices in group_indices([image.shape for image in images]):
         for i, pred in zip(indices, run(indices)):
             results[i] = pred
     return results  # type: ignore[return-value]
