@@ -166,6 +166,11 @@ class FusionLevel(nn.Module):
         return self.fuse(x), omega
 
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
 def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -265,16 +270,17 @@ class SDDRNet(nn.Module):
             omega = _upsample_to(omegas[6], low)
             return RefinerOutput(depth, side2, side4, omega, omegas[6], omegas[5])
         cands = self._candidates(low, high) if candidates is None else candidates
-        head_input = torch.cat([low, cands[:, -1:], cands[:, 1:] - low], dim=1)
         scale = self.config.head_scale
-        if scale > 1:
-            head_input = F.avg_pool2d(head_input, scale)
+        # LOW (candidate 0), aligned HIGH and each candidate's difference to LOW; with a
+        # coarser head, built from the pooled candidates (no full-resolution copies)
+        small = F.avg_pool2d(cands, scale) if scale > 1 else cands
+        head_input = torch.cat([small[:, :1], small[:, -1:], small[:, 1:] - small[:, :1]], dim=1)
         proj = self.head_proj(d2)
         if proj.shape[-2:] != head_input.shape[-2:]:
             proj = _upsample_to(proj, head_input)
         logits = self.head_out(torch.relu_(self.head_mid(torch.relu_(proj + self.head_in(head_input)))))
-        if scale > 1:
-            logits = _upsample_to(logits, low)
+        if scale > 1:  # in the candidates' memory format: no full-resolution conversion in the blend
+            logits = _upsample_to(logits.contiguous(memory_format=_format_of(cands)), low)
         depth, weights = blend_candidates(cands, logits)
         return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights, cands)
 
