@@ -166,11 +166,6 @@ class FusionLevel(nn.Module):
         return self.fuse(x), omega
 
 
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-
-
 def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -279,8 +274,8 @@ class SDDRNet(nn.Module):
         if proj.shape[-2:] != head_input.shape[-2:]:
             proj = _upsample_to(proj, head_input)
         logits = self.head_out(torch.relu_(self.head_mid(torch.relu_(proj + self.head_in(head_input)))))
-        if scale > 1:  # in the candidates' memory format: no full-resolution conversion in the blend
-            logits = _upsample_to(logits.contiguous(memory_format=_format_of(cands)), low)
+        if scale > 1:  # contiguous, as the candidates are: no full-resolution conversion in the blend
+            logits = _upsample_to(logits.contiguous(), low)
         depth, weights = blend_candidates(cands, logits)
         return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights, cands)
 
