@@ -11,7 +11,7 @@ squared error in LOW's normalised units, the GT least-squares aligned to LOW), b
 picks with a 5 px box, and the result goes through the same `restore_units` as SDDR's
 output. Printed: per dataset, the mean REL / D3R / DBE_comp of LOW and of the oracle, and
 the oracle's ratios to LOW. An upper bound of what ANY weights of that head can reach
-(block-wise), used to choose the candidate set (docs/QUALITY.md).
+(block-wise), used to choose the candidate set (docs/QUALITY_HISTORY.md).
 
 Candidate sets: ``v1`` (LOW, G_s(LOW) + H - G_s(H) at s = 3, 8, 24 px, H), ``median`` and
 ``bilateral`` (v1 on HIGH pre-smoothed by a 5x5 median / a bilateral filter), ``v2`` (the

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -166,6 +167,38 @@ def compare(paths: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_sweep(refiner: Refiner, data: Path, datasets: list[str], settings: list[int], seeds: list[int],
+              cache: Path = Path("out/quality_cache"), limit: int | None = None, two_stage: bool = True,
+              range_clamp: float | None = None, say: Callable[[str], None] | None = None) -> list[dict]:
+    """Score ``refiner`` on every dataset x setting (indices into :data:`SETTINGS`) x seed;
+    one dict per cell: its seed means, the bar's checks and each seed's methods."""
+    say = say or (lambda line: print(line, flush=True))
+    t_start = time.perf_counter()
+    cells = []
+    for ds in datasets:
+        root = synthetic_root(cache) if ds == "synthetic" else data / ds
+        for i in settings:
+            s = SETTINGS[i]
+            runs = []
+            for seed in seeds:
+                spec = f"simulated:cons={s['cons']},edge={s['edge']},texture={s['texture']},seed={seed}"
+                runs.append(evaluate_dataset(root, spec, refiner, limit=limit, two_stage=two_stage,
+                                             progress=False, range_clamp=range_clamp))
+            means = cell_means(runs)
+            c = checks(means, s)
+            cells.append({"dataset": ds, "setting": s, "means": means, "checks": c,
+                          "per_seed": [r["methods"] for r in runs]})
+            one, low = means["sddr_one_stage"], means["low"]
+            say(f"{ds:22s} {_noise(s):12s} REL one {one['rel']:.4f} low {low['rel']:.4f}  "
+                f"D3R one {_round(one['d3r'])} low {_round(low['d3r'])}  "
+                f"fails {[k for k, v in c.items() if v is False]}  ({time.perf_counter() - t_start:.0f}s)")
+    return cells
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="default",
@@ -214,26 +247,8 @@ def main() -> int:
             changes[key] = json.loads(value)
         refiner = refiner.with_config(**changes)
     args.range_clamp = RefineOptions(range_clamp=args.range_clamp).resolved(None, refiner).range_clamp
-    t_start = time.perf_counter()
-    cells = []
-    for ds in args.datasets:
-        root = synthetic_root(args.cache) if ds == "synthetic" else Path(args.data) / ds
-        for i in args.settings:
-            s = SETTINGS[i]
-            runs = []
-            for seed in args.seeds:
-                spec = f"simulated:cons={s['cons']},edge={s['edge']},texture={s['texture']},seed={seed}"
-                runs.append(evaluate_dataset(root, spec, refiner, limit=args.limit, two_stage=not args.no_two_stage,
-                                             progress=False, range_clamp=args.range_clamp))
-            means = cell_means(runs)
-            c = checks(means, s)
-            cells.append({"dataset": ds, "setting": s, "means": means, "checks": c,
-                          "per_seed": [r["methods"] for r in runs]})
-            one, low = means["sddr_one_stage"], means["low"]
-            print(f"{ds:22s} {_noise(s):12s} REL one {one['rel']:.4f} low {low['rel']:.4f}  "
-                  f"D3R one {one['d3r'] if one['d3r'] is None else round(one['d3r'], 4)} "
-                  f"low {low['d3r'] if low['d3r'] is None else round(low['d3r'], 4)}  "
-                  f"fails {[k for k, v in c.items() if v is False]}  ({time.perf_counter() - t_start:.0f}s)", flush=True)
+    cells = run_sweep(refiner, Path(args.data), args.datasets, args.settings, args.seeds, cache=args.cache,
+                      limit=args.limit, two_stage=not args.no_two_stage, range_clamp=args.range_clamp)
     text = markdown(refiner.version, cells, tuple(args.seeds))
     print(text.rsplit("\n", 2)[-2])
     if args.json:

@@ -252,7 +252,7 @@ def test_default_weights_are_used_by_default(tmp_path, dataset):
     rc = main(["refine", str(dataset), str(tmp_path / "o"), "--predictor", SIM, "--quiet"])
     assert rc == 0
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["refiner"]["version"].startswith("sddr-small@")
+    assert manifest["refiner"]["version"] == Refiner.from_pretrained("default").version
 
 
 def test_missing_default_weights_fail_with_hint(tmp_path, dataset, capsys, monkeypatch):

@@ -555,3 +555,23 @@ def test_train_refuses_an_output_held_by_another_run(tmp_path, capsys):
     with pytest.raises(Interrupt):
         train(config_from_dict(cfg), progress=stop_at(1, []))
     assert (out / "checkpoints").is_dir() and not (out / LOCK_NAME).exists()
+
+
+def test_sddr_export_writes_a_checkpoints_average_with_runtime_settings(straight_run, tmp_path, capsys):
+    from sddr_pipeline.cli.main import main
+    from sddr_pipeline.training.trainer import refiner_from_checkpoint
+
+    ckpt = straight_run / "checkpoints" / "step-000006.json"
+    out = tmp_path / "w"
+    assert main(["export", str(ckpt), str(out), "--set", "range_clamp=0", "--set", "max_side=512"]) == 0
+    exported = Refiner.from_pretrained(out)
+    assert (exported.config.name, exported.config.range_clamp, exported.config.max_side) == ("sddr-small", 0.0, 512)
+    source = refiner_from_checkpoint(ckpt).net.state_dict()
+    for key, value in exported.net.state_dict().items():  # fp16 copies of the checkpoint's weights
+        assert torch.equal(value, source[key].half().float()), key
+    assert exported.version in capsys.readouterr().out
+    assert main(["export", str(ckpt), str(out)]) == 2  # weights already there
+    assert "already holds weights" in capsys.readouterr().err
+    assert main(["export", str(ckpt), str(out), "--overwrite", "--set", "stem_channels=[4,8,16]"]) == 2
+    assert "stem_channels: not a runtime setting" in capsys.readouterr().err
+    assert Refiner.from_pretrained(out).config.max_side == 512  # a refused export leaves the folder as it was

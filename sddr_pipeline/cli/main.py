@@ -116,6 +116,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..training import ConfigError, parse_override
+    from ..training.trainer import export_checkpoint
+
+    try:
+        settings = dict(parse_override(text) for text in args.set)
+        refiner = export_checkpoint(args.checkpoint, args.output, average=not args.raw_weights,
+                                    overwrite=args.overwrite, **settings)
+    except (ConfigError, FileExistsError, ValueError, TypeError) as exc:
+        print(f"sddr export: {exc}", file=sys.stderr)
+        return 2
+    print(f"sddr export: {refiner.version} written to {args.output} (use --weights {args.output})")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import DatasetError
     from ..evaluation import evaluate_dataset, format_table
@@ -209,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=_positive_int, default=2, help="two-stage coarse-to-fine steps (default: %(default)s)")
     r.add_argument("--range-clamp", type=_clamp_fraction, default=None, metavar="F",
                    help="clamp the refined map to LOW's local range within F x the long side; 0 = raw network output "
-                        "(default: 1/128, see docs/QUALITY.md)")
+                        "(default: the weights' own `range_clamp`: 0 for the bundled ones; docs/QUALITY_HISTORY.md)")
     r.add_argument("--low-res", type=_positive_int, default=None, help="long side of the LOW prediction (default: predictor's, else 384)")
     r.add_argument("--high-res", type=_positive_int, default=None, help="long side of the HIGH prediction (default: predictor's, else 1024)")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
@@ -237,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no per-step log lines")
     t.set_defaults(func=cmd_train)
 
+    x = sub.add_parser("export", help="write a training checkpoint's network as a weights folder (fp16)")
+    x.add_argument("checkpoint", type=Path, help="a run's checkpoints/step-XXXXXX.json")
+    x.add_argument("output", type=Path, help="weights folder to write (config.json + model.safetensors)")
+    x.add_argument("--raw-weights", action="store_true", help="the raw weights, not the run's weight average (`ema`)")
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a runtime setting of the written config that keeps every parameter, VALUE read as YAML "
+                        "(repeatable), e.g. --set max_side=768 --set range_clamp=0")
+    x.add_argument("--overwrite", action="store_true", help="replace weights already in OUTPUT")
+    x.set_defaults(func=cmd_export)
+
     e = sub.add_parser("eval", help="score low, high, two baselines and SDDR one-/two-stage on a dataset with ground truth")
     e.add_argument("dataset", type=Path, help="dataset folder with ground truth (Middlebury 2014, KITTI, NYU, generic, ...)")
     e.add_argument("--predictor", required=True, help="predictor spec, e.g. simulated:low=384,high=1024")
@@ -251,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--alignment", default="auto", choices=("auto", "disparity", "depth", "scale", "metric"), help="alignment before value metrics (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="seed of ORD's random superpixel pairs (default: %(default)s)")
     e.add_argument("--range-clamp", type=_clamp_fraction, default=None, metavar="F",
-                   help="local-range clamp of the SDDR maps (fraction of the long side; 0 = raw network output; default: 1/128)")
+                   help="local-range clamp of the SDDR maps (fraction of the long side; 0 = raw network output; "
+                        "default: the weights' own `range_clamp`)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     e.add_argument("--quiet", action="store_true", help="no per-image progress lines")
     e.set_defaults(func=cmd_eval)

@@ -8,7 +8,7 @@ REL and ORD in flat regions. Clamping to the local min/max of LOW (least-squares
 to the refined map) removes them without blurring anything: a pixel inside the range is
 left exactly as the network made it. The radius is a fraction of the working long side
 (default 1/128, 8 px at 1024), chosen on the training split (middlebury2005_2006), see
-docs/QUALITY.md.
+docs/QUALITY_HISTORY.md.
 """
 from __future__ import annotations
 

@@ -256,12 +256,15 @@ PRESETS: dict[str, RefinerConfig] = {
     ),
 }
 # The first bundled weights' design (output = LOW + a free learned correction), kept to
-# load them and to compare designs on one budget (docs/QUALITY.md).
+# load them and to compare designs on one budget (docs/QUALITY_HISTORY.md).
 PRESETS["sddr-small-residual"] = PRESETS["sddr-small"].replace(
     name="sddr-small-residual", head_channels=8, fusion="residual")
-# The gated head within the speed bar (docs/QUALITY.md, "Speed"): the same parameters as
-# sddr-small, candidate logits at half resolution, and the texture median a 3x3 one on
-# the half-resolution difference (~6 px; the exact 5x5 costs ~10% of the predictor). It
-# takes sddr-small weights (training `init`, or a resumed run switching to it).
+# The gated head within the speed bar (docs/QUALITY_HISTORY.md, sections 5 and 7): the same
+# parameters as sddr-small, candidate logits at half resolution, the texture median a 3x3
+# one on the half-resolution difference (~6 px; the exact 5x5 costs ~10% of the
+# predictor), and the network at most 768 px on its long side: its mix of candidates is
+# chosen there and applied to candidates built at full size (training crops are 256 px,
+# so training never runs downsampled). It takes sddr-small weights (training `init`, or
+# a resumed run switching to it).
 PRESETS["sddr-small-fast"] = PRESETS["sddr-small"].replace(
-    name="sddr-small-fast", head_scale=2, fusion_median=3, fusion_median_scale=2)
+    name="sddr-small-fast", head_scale=2, fusion_median=3, fusion_median_scale=2, max_side=768)

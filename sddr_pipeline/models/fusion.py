@@ -16,7 +16,7 @@ So where LOW and HIGH agree every candidate equals LOW and so does the output, w
 the weights; the output can never leave the per-pixel envelope of the candidates (no
 invented halos); and its LOW weight says where detail was NOT taken from HIGH (Omega is
 one minus it). The candidate set was chosen with an oracle that picks, per 16 px block (scripts/candidate_oracle.py),
-the candidate closest to the ground truth (docs/QUALITY.md): without the median, even
+the candidate closest to the ground truth (docs/QUALITY_HISTORY.md): without the median, even
 that oracle reached only 0.70x LOW's D3R on middlebury2014q at default noise.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def median_blur(x: torch.Tensor, kernel: int, scale: int = 1) -> torch.Tensor:
     ``scale`` > 1: the median of the map area-downsampled by ``scale``, upsampled back
     bilinearly - a ``kernel * scale`` px median at a small fraction of its cost (3 at scale
     2 costs about 3% of kornia's exact 5x5 at 1024 px and removes texture as well on the
-    validation scenes, docs/QUALITY.md). 3x3 runs :func:`_median3` (about 2x faster than
+    validation scenes, docs/QUALITY_HISTORY.md). 3x3 runs :func:`_median3` (about 2x faster than
     kornia's selection network on CPU, the same values); other windows run kornia's."""
     if kernel <= 1:
         return x

@@ -375,6 +375,26 @@ def refiner_from_checkpoint(path: str | Path, device: str = "cpu", average: bool
     return refiner.to(device)
 
 
+def export_checkpoint(path: str | Path, output: str | Path, average: bool = True,
+                      overwrite: bool = False, **settings: Any) -> Refiner:
+    """Write checkpoint ``path``'s network as a weights folder (fp16 ``model.safetensors`` +
+    ``config.json``) that :meth:`Refiner.from_pretrained` loads: how a run's checkpoint
+    becomes shipped weights. ``settings`` change runtime settings that keep every
+    parameter (``max_side``, ``range_clamp``, ...; :meth:`Refiner.with_config`). An
+    existing ``output`` with weights in it is refused unless ``overwrite``."""
+    output = Path(output)
+    if not overwrite and (output / "model.safetensors").exists():
+        raise FileExistsError(f"{output} already holds weights (model.safetensors); overwrite (--overwrite) replaces them")
+    unknown = sorted(set(settings) - RUNTIME_SETTINGS)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a runtime setting; these are: {', '.join(sorted(RUNTIME_SETTINGS))}")
+    refiner = refiner_from_checkpoint(path, average=average)
+    if settings:
+        refiner = refiner.with_config(**settings)
+    refiner.save_pretrained(output)
+    return refiner
+
+
 def load_checkpoint(path: Path, record: dict[str, Any], net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Restore weights, optimizer state and the torch RNG; returns the checkpoint's step."""
     folder = path.parent
