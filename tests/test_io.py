@@ -59,6 +59,25 @@ def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
+def test_atomic_files_get_the_mode_open_would_give_whatever_the_writer_chose(tmp_path):
+    import os
+    import stat
+
+    from safetensors.numpy import save_file
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:  # safetensors creates its file 0600
+            save_file({"x": np.zeros(2, np.float32)}, str(tmp))
+        with atomic_path(tmp_path / "plain.bin") as tmp:
+            tmp.write_bytes(b"x")
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"w.safetensors": 0o666 & ~mask, "plain.bin": 0o666 & ~mask}
+
+
 def test_sha256_files_is_sha256sum_of_the_concatenation(tmp_path):
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a.write_bytes(b"x" * (3 << 20) + b"tail")  # several read chunks

@@ -16,6 +16,18 @@ from typing import Callable, Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0o644 under 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: what every atomically written file gets, whatever mode its writer chose for the
+#: temporary (safetensors writes 0600, which other users and containers cannot read)
+_FILE_MODE = _default_mode()
+
+
 def _fsync(path: Path) -> None:
     with open(path, "r+b") as f:  # a writable handle: Windows' fsync refuses read-only ones
         os.fsync(f.fileno())
@@ -25,14 +37,16 @@ def _fsync(path: Path) -> None:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers that pick a format
     by extension still work) for the caller to write; on success it is synced and renamed
-    onto ``path``, on any exception removed. For writers that want a file name (Open3D,
-    safetensors); :func:`atomic_write` is the file-object form."""
+    onto ``path`` with the mode a plain ``open()`` would give, on any exception removed.
+    For writers that want a file name (Open3D, safetensors); :func:`atomic_write` is the
+    file-object form."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
         _fsync(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
