@@ -197,7 +197,8 @@ def add_pipeline_arguments(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--confidence", action=argparse.BooleanOptionalAction, default=None,
                    help="fill the shards' confidence column: per-pixel confidence in [0, 1] (.npy float32 HxW)")
     r.add_argument("--range-clamp", type=float, default=None, metavar="F",
-                   help="local-range clamp of the refined maps, fraction of the long side; 0 = raw network output (default: 1/128)")
+                   help="local-range clamp of the refined maps, fraction of the long side; 0 = raw network output "
+                        "(default: the weights' own `range_clamp`: 0 for the bundled ones)")
     r.set_defaults(func=lambda args: _run(args, "refine"))
     _add_pointcloud(sub)
     _add_merge(sub)
