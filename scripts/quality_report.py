@@ -106,8 +106,8 @@ def training_facts(checkpoint: Path, weights: Path) -> str:
         ("predictor during training", f"`{cfg['predictor']}` at LOW {cfg['low_res']} / HIGH {cfg['high_res']} px; noise "
                                       f"cons {noise['cons']}, edge {noise['edge']} px, texture {noise['texture']}, "
                                       f"clean {noise['clean']:g}, mixed {noise['mixed']:g}"),
-        ("data", "; ".join(f"{d['kind']} {Path(d['root']).name if d.get('root') else ''} (weight {d['weight']:g})".replace("  ", " ")
-                           for d in cfg["data"])),
+        ("data", "; ".join(" ".join(filter(None, [d["kind"], Path(d["root"]).name if d.get("root") else ""]))
+                           + f" (weight {d['weight']:g})" for d in cfg["data"])),
         ("logged step time", f"{sum(seconds.values()) / 3600:.2f} h over {len(seconds):,} logged steps "
                              f"(one torch thread on a 2-core CPU machine, shared with other work)"),
     ]

@@ -4,10 +4,11 @@ The refinement network fuses two maps; a value outside every value the consisten
 map takes within a few pixels is an overshoot the network made up, not a detail it
 transferred. The first bundled weights (``sddr-small-residual``) drew such halos (a dark
 band outside an object's edge, a bright one inside it) even when LOW and HIGH agreed
-exactly, which cost REL and ORD in flat regions; the gated head cannot leave its
-candidates' range, and the bundled gated weights ship with the clamp off (opt-in). Clamping to the local min/max of LOW (least-squares aligned
-to the refined map) removes them without blurring anything: a pixel inside the range is
-left exactly as the network made it. The radius is a fraction of the working long side
+exactly, which cost REL and ORD in flat regions. Clamping to the local min/max of LOW
+(least-squares aligned to the refined map) removes them without blurring anything: a
+pixel inside the range is left exactly as the network made it. The gated head cannot
+leave its candidates' range, and the bundled gated weights ship with the clamp off
+(``range_clamp`` 0 in their config; opt-in). The radius is a fraction of the working long side
 (default 1/128, 8 px at 1024), chosen on the training split (middlebury2005_2006), see
 docs/QUALITY_HISTORY.md.
 """

@@ -56,6 +56,7 @@ from ..io.lock import output_lock
 from ..io.resumable import check_settings
 from ..models import Refiner, RefinerOutput
 from ..models.config import PRESETS, RUNTIME_SETTINGS
+from ..models.refiner import WEIGHTS_NAME
 from ..predictors import PredictorSpec, get_predictor
 from ..predictors.base import SampleContext, parse_options
 from .config import RESUMABLE_CHANGES, Stage, TrainConfig
@@ -383,8 +384,8 @@ def export_checkpoint(path: str | Path, output: str | Path, average: bool = True
     parameter (``max_side``, ``range_clamp``, ...; :meth:`Refiner.with_config`). An
     existing ``output`` with weights in it is refused unless ``overwrite``."""
     output = Path(output)
-    if not overwrite and (output / "model.safetensors").exists():
-        raise FileExistsError(f"{output} already holds weights (model.safetensors); overwrite (--overwrite) replaces them")
+    if not overwrite and (output / WEIGHTS_NAME).exists():
+        raise FileExistsError(f"{output} already holds weights ({WEIGHTS_NAME}); overwrite (--overwrite) replaces them")
     unknown = sorted(set(settings) - RUNTIME_SETTINGS)
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not a runtime setting; these are: {', '.join(sorted(RUNTIME_SETTINGS))}")
