@@ -161,13 +161,25 @@ def replace_block(text: str, name: str, body: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="the training checkpoint the default weights were exported from")
-    p.add_argument("--from-json", type=Path, default=None, help="render an earlier bar.json, running nothing")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="render an earlier sweep of the bundled weights (bar.json, or a quality_sweep.py --json of the same weights, then copied to bar.json), running nothing")
     p.add_argument("--data", default=os.environ.get("SDDR_SHARED_DATA", "../shared/data"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     os.chdir(ROOT)
     if args.from_json is not None:
+        from sddr_pipeline.models import Refiner
+
         record = json.loads(args.from_json.read_text())
+        shipped = Refiner.from_pretrained("default")
+        if record.get("refiner") != shipped.version or float(record.get("range_clamp", -1)) != shipped.config.range_clamp:
+            raise SystemExit(f"{args.from_json} scored {record.get('refiner')} (range clamp {record.get('range_clamp')}), "
+                             f"not the bundled weights {shipped.version} (range clamp {shipped.config.range_clamp:g})")
+        missing = {"max_side", "seeds", "wall_s", "command", "cells"} - set(record)
+        if missing:
+            raise SystemExit(f"{args.from_json} lacks {', '.join(sorted(missing))}: not a full sweep record")
+        if args.from_json.resolve() != BAR_JSON.resolve():
+            BAR_JSON.write_text(json.dumps(record, indent=1) + "\n")
     else:
         import torch
 

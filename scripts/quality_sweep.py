@@ -25,6 +25,7 @@ A check whose metric is undefined (e.g. D3R on KITTI's sparse ground truth) prin
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -247,14 +248,18 @@ def main() -> int:
             changes[key] = json.loads(value)
         refiner = refiner.with_config(**changes)
     args.range_clamp = RefineOptions(range_clamp=args.range_clamp).resolved(None, refiner).range_clamp
+    start = time.perf_counter()
     cells = run_sweep(refiner, Path(args.data), args.datasets, args.settings, args.seeds, cache=args.cache,
                       limit=args.limit, two_stage=not args.no_two_stage, range_clamp=args.range_clamp)
     text = markdown(refiner.version, cells, tuple(args.seeds))
     print(text.rsplit("\n", 2)[-2])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"refiner": refiner.version, "range_clamp": args.range_clamp,
-                                         "seeds": list(args.seeds), "cells": cells}, indent=2) + "\n")
+        record = {"refiner": refiner.version, "range_clamp": args.range_clamp, "max_side": refiner.config.max_side,
+                  "seeds": list(args.seeds), "wall_s": round(time.perf_counter() - start, 1),
+                  "date": dt.date.today().isoformat(), "threads": args.threads,
+                  "command": "scripts/quality_sweep.py " + " ".join(sys.argv[1:]), "cells": cells}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)

@@ -212,6 +212,36 @@ def test_clean_examples_have_no_noise_and_mixed_ones_mix_two_high_maps(tmp_path)
 def test_noise_probabilities_are_validated(tmp_path):
     with pytest.raises(ValueError, match="noise.clean"):
         config_from_dict(tiny(tmp_path, noise={"clean": 1.5}))
+    with pytest.raises(ValueError, match="noise.sharp_low"):
+        config_from_dict(tiny(tmp_path, noise={"sharp_low": -0.1}))
+
+
+def test_sharp_low_examples_keep_high_noise_and_give_a_sharp_consistent_low(tmp_path):
+    from sddr_pipeline.training.samples import SHARP_LOW_EDGE, SharpLowPredictor, sharp_low_predictor
+
+    noise = {"cons": [0.2, 0.3], "edge": [3, 4], "texture": [0.3, 0.4], "mixed": 0.5}
+    plain = ExampleSource(*_source_args(tmp_path, noise))
+    data, settings = _source_args(tmp_path, {**noise, "sharp_low": 1.0})
+    sharp = ExampleSource(data, settings)
+    low_err = {"plain": [], "sharp": []}
+    for i in range(4):
+        a, b = plain.example(i), sharp.example(i)
+        assert torch.equal(b.low, sharp.example(i).low)
+        for key, ex in (("plain", a), ("sharp", b)):
+            low_err[key].append(float((ex.low - ex.target)[ex.mask].abs().mean()))
+        # HIGH keeps the example's noise: far from the target
+        assert float((b.high - b.target)[b.mask].abs().mean()) > 2 * low_err["sharp"][-1]
+    assert np.mean(low_err["sharp"]) < 0.3 * np.mean(low_err["plain"])
+    # the LOW regime is drawn at HIGH resolution with no more than SHARP_LOW_EDGE px of blur
+    base = get_predictor("simulated:cons=0.3,edge=4,texture=0.5,seed=1")
+    wrapped = sharp_low_predictor(base, settings, np.random.default_rng(0))
+    assert isinstance(wrapped, SharpLowPredictor) and wrapped.resolution == settings.high_res
+    assert float(wrapped.sharp.name.split("edge=")[1].split(",")[0]) <= SHARP_LOW_EDGE
+    scene = make_scene(48, 64, seed=1)
+    ctx = SampleContext(name="s", gt=scene.depth, gt_kind="depth")
+    np.testing.assert_array_equal(wrapped.predict(scene.rgb, 1024, ctx), base.predict(scene.rgb, 1024, ctx))
+    low = wrapped.predict(scene.rgb, 8, ctx)
+    assert low.shape == base.predict(scene.rgb, settings.high_res, ctx).shape
 
 
 def _source_args(tmp_path, noise):

@@ -358,9 +358,10 @@ def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     if "loss" in d:
         out["loss"] = _sub(LossWeights, d["loss"], "loss")
     if "noise" in d:
-        noise = _mapping(d["noise"], "noise", {"cons", "edge", "texture", "clean", "mixed"})
-        values = {k: _pair(v, f"noise.{k}") for k, v in noise.items() if k not in ("clean", "mixed")}
-        values.update({k: _float(noise[k], f"noise.{k}", 0.0, 1.0) for k in ("clean", "mixed") if k in noise})
+        probabilities = ("clean", "mixed", "sharp_low")
+        noise = _mapping(d["noise"], "noise", {"cons", "edge", "texture", *probabilities})
+        values = {k: _pair(v, f"noise.{k}") for k, v in noise.items() if k not in probabilities}
+        values.update({k: _float(noise[k], f"noise.{k}", 0.0, 1.0) for k in probabilities if k in noise})
         out["noise"] = _sub(NoiseRanges, values, "noise")
     if "distill" in d:
         out["distill"] = _sub(DistillSettings, d["distill"], "distill")

@@ -22,6 +22,10 @@ Augmentation, all drawn from ``numpy.random.default_rng([seed, index])`` so exam
   truth only by its resolution); with probability ``noise.mixed`` the HIGH prediction
   mixes two noise draws over a random soft partition of the image
   (:class:`MixedNoisePredictor`: one part nearly exact, the other badly broken, say);
+  with probability ``noise.sharp_low`` the LOW input is already sharp
+  (:class:`SharpLowPredictor`: the LOW regime drawn at ``high_res``, edge blur
+  U(0, ``SHARP_LOW_EDGE``) px), as a two-stage window's LOW (the one-stage estimate) is,
+  while HIGH keeps the example's noise: there the right output is LOW;
 * scale jitter: the box side, in HIGH-prediction pixels, is ``crop * U(crop_scale)``
   (1.0 = the high map at its native resolution, as the network sees it at inference),
   capped by the high map's short side;
@@ -134,14 +138,16 @@ class Batch:
 class NoiseRanges:
     """Uniform ranges of the simulated predictor's noise levels, sampled per example;
     ``clean``: probability of an example with no noise; ``mixed``: probability that its
-    HIGH map mixes two noise draws (see the module docstring). Both 0 draw nothing, so
-    recipes without them make the same examples as before they existed."""
+    HIGH map mixes two noise draws; ``sharp_low``: probability that its LOW input is
+    already sharp (see the module docstring). At 0 they draw nothing, so recipes without
+    them make the same examples as before they existed."""
 
     cons: tuple[float, float] = (0.05, 0.3)
     edge: tuple[float, float] = (1.0, 4.0)
     texture: tuple[float, float] = (0.0, 0.5)
     clean: float = 0.0
     mixed: float = 0.0
+    sharp_low: float = 0.0
 
     def __post_init__(self) -> None:
         limits = {"cons": (0.0, 0.5), "edge": (0.0, 8.0), "texture": (0.0, 1.0)}
@@ -154,7 +160,7 @@ class NoiseRanges:
             if not lo_lim <= lo <= hi <= hi_lim:
                 raise ValueError(f"noise.{key} must satisfy {lo_lim:g} <= min <= max <= {hi_lim:g}, got {value!r}")
             object.__setattr__(self, key, (lo, hi))
-        for key in ("clean", "mixed"):
+        for key in ("clean", "mixed", "sharp_low"):
             value = float(getattr(self, key))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"noise.{key} must be a probability in [0, 1], got {getattr(self, key)!r}")
@@ -407,9 +413,12 @@ class MixedNoisePredictor:
         self.name = f"mixed({first.name}|{second.name}|{self.seed})"
         self.default_resolutions = getattr(first, "default_resolutions", None)
 
+    def regime(self, resolution: int) -> str:
+        return self.first.regime(resolution)  # type: ignore[attr-defined]
+
     def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
         a = self.first.predict(image, resolution, context)
-        if self.first.regime(resolution) == "low":  # type: ignore[attr-defined]
+        if self.regime(resolution) == "low":
             return a
         b = self.second.predict(image, resolution, context)
         h, w = image.shape[:2]
@@ -418,6 +427,40 @@ class MixedNoisePredictor:
         field = random_waves(a.shape, rng, (0.5, 2.0))
         m = 1.0 / (1.0 + np.exp(-4.0 * field))
         return (m * a + (1.0 - m) * b).astype(np.float32)
+
+
+#: Largest edge blur (px at ``high_res``) of a sharp LOW input (``noise.sharp_low``).
+SHARP_LOW_EDGE = 1.0
+
+
+class SharpLowPredictor:
+    """``base`` with its LOW regime replaced by ``sharp``'s LOW regime drawn at
+    ``resolution`` (the HIGH one): a LOW input as sharp as HIGH but consistent, like the
+    one-stage estimate that a two-stage window refines against. HIGH calls go to ``base``."""
+
+    kind = OutputKind("disparity", metric=False)
+
+    def __init__(self, base: Predictor, sharp: Predictor, resolution: int) -> None:
+        self.base, self.sharp, self.resolution = base, sharp, int(resolution)
+        self.name = f"sharp-low({base.name}|{sharp.name})"
+        self.default_resolutions = getattr(base, "default_resolutions", None)
+
+    def regime(self, resolution: int) -> str:
+        return self.base.regime(resolution)  # type: ignore[attr-defined]
+
+    def predict(self, image: np.ndarray, resolution: int, context: SampleContext | None = None) -> np.ndarray:
+        if self.regime(resolution) == "low":
+            return self.sharp.predict(image, self.resolution, context)
+        return self.base.predict(image, resolution, context)
+
+
+def sharp_low_predictor(base: Predictor, settings: ExampleSettings, rng: np.random.Generator) -> SharpLowPredictor:
+    """``base`` with a sharp LOW input (``noise.sharp_low``): a simulated predictor whose
+    regime boundary puts ``high_res`` in its LOW regime, with no inconsistency or texture
+    (LOW has none) and an edge blur of U(0, :data:`SHARP_LOW_EDGE`) px."""
+    edge, seed = rng.uniform(0.0, SHARP_LOW_EDGE), int(rng.integers(0, 2**31))
+    spec = simulated_spec(settings.predictor, settings.high_res, 4 * settings.high_res, 0.0, edge, 0.0, seed)
+    return SharpLowPredictor(base, get_predictor(spec), settings.high_res)
 
 
 def crop_window_predictor(
@@ -434,6 +477,8 @@ def crop_window_predictor(
     """
     if simulated is None:
         return predictor, settings.high_res
+    if isinstance(predictor, SharpLowPredictor):  # windows refine against the crop's estimate
+        predictor = predictor.base
     if isinstance(predictor, MixedNoisePredictor):  # its windows see the first noise draw only
         simulated = predictor.first.name
     low = max(1, round(settings.crop * settings.low_res / settings.high_res))
@@ -564,6 +609,8 @@ class ExampleSource:
                 other = simulated_spec(s.predictor, s.low_res, s.high_res, rng.uniform(*n.cons), edge,
                                        rng.uniform(*n.texture), int(rng.integers(0, 2**31)))
                 predictor = MixedNoisePredictor(predictor, get_predictor(other), int(rng.integers(0, 2**31)))
+            if n.sharp_low > 0 and rng.random() < n.sharp_low:
+                predictor = sharp_low_predictor(predictor, s, rng)
         else:
             predictor = self._fixed_predictor()
         windows = crop_window_predictor(s, predictor, simulated) if origin else None
