@@ -54,6 +54,9 @@ def test_quality_report_is_the_report_of_the_bundled_weights(refiner: Refiner) -
     assert all("sddr_two_stage" in c["means"] for c in record["cells"])
     passed = sum(v is True for c in record["cells"] for v in c["checks"].values())
     assert passed >= PASSING_CHECKS_FLOOR
+    never_worse = [(c["dataset"], c["setting"], k) for c in record["cells"] for k in ("rel<=1.02low", "d3r<=low")
+                   if c["checks"].get(k) is False]
+    assert not never_worse, f"the bundled weights are worse than LOW in {never_worse}"
     text = (REPO / "docs" / "QUALITY.md").read_text()
     assert f"`{record['refiner']}`" in text, "docs/QUALITY.md is stale: run scripts/quality_report.py --from-json"
     card = (DEFAULT_WEIGHTS_DIR / "MODEL_CARD.md").read_text()
