@@ -216,8 +216,8 @@ def main() -> int:
     p.add_argument("--no-two-stage", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--range-clamp", type=float, default=None,
-                   help=f"local-range clamp, fraction of the long side; 0 = off (default: the refiner's own, "
-                        f"{RANGE_CLAMP:g} unless its config says otherwise)")
+                   help=f"local-range clamp, fraction of the long side; 0 = off (default: the refiner's own: "
+                        f"0 for the gated presets and their checkpoints, {RANGE_CLAMP:g} for the residual head)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="score the weights under another refiner setting that changes no parameter shape, e.g. "
                         "head_scale=2 or fusion_median=3 (Refiner.with_config); repeatable")

@@ -178,12 +178,13 @@ def test_cli_writes_json_and_rejects_missing_weights(shared_data, weights, tmp_p
     ]
     assert main(args) == 0
     assert "sddr_one_stage" in capsys.readouterr().out
-    clamped = json.loads(out.read_text())
-    assert "sddr_two_stage" not in clamped["methods"] and clamped["config"]["range_clamp"] == 1 / 128
-    raw_out = tmp_path / "raw.json"
-    assert main([*args[:-4], str(raw_out), "--quiet", "--device", "cpu", "--range-clamp", "0"]) == 0
-    raw = json.loads(raw_out.read_text())
-    assert raw["config"]["range_clamp"] == 0
+    raw = json.loads(out.read_text())
+    # the gated preset's own clamp is none; --range-clamp opts in
+    assert "sddr_two_stage" not in raw["methods"] and raw["config"]["range_clamp"] == 0
+    clamped_out = tmp_path / "clamped.json"
+    assert main([*args[:-4], str(clamped_out), "--quiet", "--device", "cpu", "--range-clamp", "0.0078125"]) == 0
+    clamped = json.loads(clamped_out.read_text())
+    assert clamped["config"]["range_clamp"] == 1 / 128
     assert raw["methods"]["low"] == clamped["methods"]["low"]  # same predictions, only the SDDR maps change
     assert raw["methods"]["sddr_one_stage"]["rel"] != clamped["methods"]["sddr_one_stage"]["rel"]
     bad = ["eval", str(shared_data / "middlebury2014q"), "--predictor", "simulated", "--weights", str(tmp_path / "none")]

@@ -378,10 +378,11 @@ def test_confidence_setting_config_cli_and_identity():
     assert yaml_default.confidence is False
 
 
-def test_range_clamp_setting_config_cli_identity_and_stage_default(weights):
+def test_range_clamp_setting_config_cli_identity_and_stage_default(weights, tmp_path):
     import argparse
 
     from sddr_pipeline.inference import RANGE_CLAMP
+    from sddr_pipeline.models import Refiner
     from sddr_pipeline.pipelines.cli import _overrides, add_pipeline_arguments
     from sddr_pipeline.pipelines.refine import refine_job
 
@@ -401,7 +402,11 @@ def test_range_clamp_setting_config_cli_identity_and_stage_default(weights):
     assert stage.options.range_clamp == 0.02 and stage.options.mode == "two-stage"
     default = RefineStage("simulated", str(weights), device="cpu", torch_threads=1)
     assert default.options.range_clamp is None
-    assert default.options.resolved(default.predictor, default.refiner).range_clamp == RANGE_CLAMP
+    residual_weights = Refiner.from_config("sddr-small-residual").save_pretrained(tmp_path / "residual")
+    # None = the refiner's own: none for the gated presets, RANGE_CLAMP for the residual head
+    assert default.options.resolved(default.predictor, default.refiner).range_clamp == 0
+    residual = RefineStage("simulated", str(residual_weights), device="cpu", torch_threads=1)
+    assert residual.options.resolved(residual.predictor, residual.refiner).range_clamp == RANGE_CLAMP
 
 
 def test_bundled_configs_work_without_a_training_run():

@@ -123,8 +123,8 @@ def test_refine_two_stage(tmp_path, dataset, weights):
 
 def test_range_clamp_flag_is_recorded_and_changes_the_maps(tmp_path, dataset, weights, capsys):
     args = ["--predictor", SIM, "--weights", str(weights), "--quiet"]
-    assert main(["refine", str(dataset), str(tmp_path / "clamped"), *args]) == 0
-    assert main(["refine", str(dataset), str(tmp_path / "raw"), *args, "--range-clamp", "0"]) == 0
+    assert main(["refine", str(dataset), str(tmp_path / "clamped"), *args, "--range-clamp", "0.0078125"]) == 0
+    assert main(["refine", str(dataset), str(tmp_path / "raw"), *args]) == 0  # the gated preset's own: none
     assert main(["refine", str(dataset), str(tmp_path / "two"), *args, "--mode", "two-stage", "--range-clamp", "0.02"]) == 0
     clamped = json.loads((tmp_path / "clamped" / "manifest.json").read_text())
     raw = json.loads((tmp_path / "raw" / "manifest.json").read_text())

@@ -7,8 +7,8 @@ band outside an object's edge, a bright one inside it) even when LOW and HIGH ag
 exactly, which cost REL and ORD in flat regions. Clamping to the local min/max of LOW
 (least-squares aligned to the refined map) removes them without blurring anything: a
 pixel inside the range is left exactly as the network made it. The gated head cannot
-leave its candidates' range, and the bundled gated weights ship with the clamp off
-(``range_clamp`` 0 in their config; opt-in). The radius is a fraction of the working long side
+leave its candidates' range: the gated presets, and the bundled weights, run with the clamp
+off (``range_clamp`` 0 in their config; opt-in); only ``sddr-small-residual`` keeps it. The radius is a fraction of the working long side
 (default 1/128, 8 px at 1024), chosen on the training split (middlebury2005_2006), see
 docs/QUALITY_HISTORY.md.
 """

@@ -229,10 +229,13 @@ PRESETS: dict[str, RefinerConfig] = {
         depthwise=False,
         max_side=1024,
         fusion="gated",
+        range_clamp=0.0,
     ),
     # CPU default: same structure, one block per MiT stage, slim interaction and decoder,
     # and the gated fusion head (output = per-pixel mix of LOW, LOW/HIGH frequency merges
-    # and HIGH; the untrained network returns LOW).
+    # and HIGH; the untrained network returns LOW). Gated presets run with no local-range
+    # clamp (their output cannot leave its candidates' envelope; `range_clamp` opts in);
+    # the residual head keeps RANGE_CLAMP, which its weights were measured with.
     # max_side 1024 = the default HIGH resolution: the weights are trained at the HIGH
     # prediction's pixel scale and lose most of their gain when run downsampled (on
     # middlebury2014q at default simulated noise, one-stage D3R 0.048 at 512 vs 0.021 at 1024).
@@ -253,12 +256,13 @@ PRESETS: dict[str, RefinerConfig] = {
         depthwise=True,
         max_side=1024,
         fusion="gated",
+        range_clamp=0.0,
     ),
 }
 # The first bundled weights' design (output = LOW + a free learned correction), kept to
 # load them and to compare designs on one budget (docs/QUALITY_HISTORY.md).
 PRESETS["sddr-small-residual"] = PRESETS["sddr-small"].replace(
-    name="sddr-small-residual", head_channels=8, fusion="residual")
+    name="sddr-small-residual", head_channels=8, fusion="residual", range_clamp=RANGE_CLAMP)
 # The gated head within the speed bar (docs/QUALITY_HISTORY.md, sections 5 and 7): the same
 # parameters as sddr-small, candidate logits at half resolution, the texture median a 3x3
 # one on the half-resolution difference (~6 px; the exact 5x5 costs ~10% of the
