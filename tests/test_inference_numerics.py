@@ -199,3 +199,31 @@ def test_denormalize_like_inverts_the_window_normalisation_exactly():
 
     ref = torch.rand(3, 1, 20, 30, generator=torch.Generator().manual_seed(0)) * 5 + 2
     torch.testing.assert_close(denormalize_like(minmax_normalize_batch(ref), ref), ref, atol=1e-5, rtol=0)
+
+
+def test_untextured_window_keeps_steps_and_identity_and_drops_thin_texture():
+    from sddr_pipeline.inference.options import TwoStageConfig
+    from sddr_pipeline.inference.two_stage import untextured_window
+
+    step = torch.zeros(1, 1, 32, 32)
+    step[..., 16:] = 1.0
+    texture = torch.zeros(1, 1, 32, 32)
+    texture[..., 2::4, :] = 0.3  # one-pixel lines across the step: thin texture
+    low = torch.cat([0.25 + 0.5 * step, step])  # LOW has a weaker step / the same one
+    high = torch.cat([step + texture, step])
+    out = untextured_window(low, high, 7)
+    # the texture lines are gone: every column is constant, as in LOW
+    assert float((out[0] - out[0].mean(dim=-2, keepdim=True)).abs().max()) < 1e-6
+    assert float((high[0] - high[0].mean(dim=-2, keepdim=True)).abs().max()) > 0.2
+    # HIGH's step (after its least-squares alignment to LOW) passes unchanged
+    from sddr_pipeline.models.fusion import align_to
+
+    aligned = align_to(high[:1], low[:1]).mean(dim=-2)
+    assert abs(float(out[0, 0, 0, 20] - out[0, 0, 0, 10]) - float(aligned[0, 0, 20] - aligned[0, 0, 10])) < 1e-5
+    # where HIGH equals LOW the window's HIGH is LOW
+    torch.testing.assert_close(out[1], low[1], atol=1e-6, rtol=0)
+    assert torch.equal(untextured_window(low, high, 1), high)
+    assert TwoStageConfig().window_median == 7
+    for bad in (0, 4, 17, True, 3.0):
+        with pytest.raises(ValueError, match="window_median"):
+            TwoStageConfig(window_median=bad)

@@ -83,6 +83,15 @@ class TwoStageConfig:
     predictor it kept two-stage's ORD and REL at the one-stage level while improving D3R
     (measured while choosing the defaults). The local-range clamp is
     :attr:`RefineOptions.range_clamp`, for the windows as for one-stage.
+
+    ``window_median`` (gated refiner): before a window is refined, its fresh HIGH
+    prediction is replaced by the estimate crop plus the ``window_median`` x
+    ``window_median`` median of their difference (1 = off). A window's LOW, the one-stage
+    estimate, is already sharp, and the RGB texture of its new HIGH draw is what the
+    network then took as detail: on rgbd_sequence_sample at 0.15/2/0.3 (seed 0) two-stage
+    D3R fell from 1.66x one-stage's to 0.99x with 7, and with no texture in HIGH it is 0
+    (docs/QUALITY_HISTORY.md, section 11). Depth steps are wide in the difference and pass
+    the median; where HIGH equals the estimate the difference is 0 and nothing changes.
     """
 
     steps: int = 2
@@ -92,6 +101,7 @@ class TwoStageConfig:
     policy_side: int = 512
     align_sigma: float = 0.03
     anchor_sigma: float = 0.05
+    window_median: int = 7
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 5:
@@ -100,6 +110,9 @@ class TwoStageConfig:
             raise ValueError(f"window overlap must be in [0.05, 0.75), got {self.overlap}")
         if self.window_net_scale is not None and not 0.25 <= self.window_net_scale <= 4:
             raise ValueError(f"window_net_scale must be in [0.25, 4] or None, got {self.window_net_scale}")
+        k = self.window_median
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 15 or k % 2 == 0:
+            raise ValueError(f"window_median must be an odd integer between 1 and 15, got {k!r}")
 
     def window_max_side(self, preset_max_side: int, step: int) -> int | None:
         """The network's long-side bound for the windows of ``step`` (see the class doc)."""

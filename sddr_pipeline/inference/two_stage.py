@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..models.fusion import align_to, median_blur
 from ..predictors.base import Predictor, SampleContext
 from .alignment import align_gradient_batch, gaussian_blur
 from .core import RefinedMaps, finish, predict_pair, predict_windows, refine_predictions
@@ -49,6 +50,16 @@ def denormalize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
     return x * (hi - lo) + lo
+
+
+def untextured_window(low: torch.Tensor, high: torch.Tensor, kernel: int) -> torch.Tensor:
+    """``low`` + the ``kernel`` x ``kernel`` median of (``high`` least-squares aligned to
+    ``low``) - ``low``, per sample (Bx1xHxW, one window at a time to bound the median's
+    memory): a window's HIGH without the thin RGB texture a fresh prediction copies (see
+    :attr:`TwoStageConfig.window_median`); ``kernel`` 1 returns ``high``."""
+    if kernel <= 1:
+        return high
+    return torch.cat([lo + median_blur(align_to(hi, lo) - lo, kernel) for lo, hi in zip(low.split(1), high.split(1))])
 
 
 def _align_residual_windows(depth: torch.Tensor, current: torch.Tensor, config: TwoStageConfig, side: int) -> torch.Tensor:
@@ -112,8 +123,12 @@ def coarse_to_fine(
             bh, bw = boxes[idx[0]][2] - boxes[idx[0]][0], boxes[idx[0]][3] - boxes[idx[0]][1]
             high = torch.cat([resize(p, (bh, bw)) for p in prepare_prediction_batch(preds, predictor.kind, estimate.device)])
             current = torch.cat([estimate[..., y0:y1, x0:x1] for (y0, x0, y1, x1) in (boxes[i] for i in idx)])
-            out = refiner(minmax_normalize_batch(current), minmax_normalize_batch(high), max_side=net_side)
-            if getattr(refiner.config, "fusion", "residual") == "gated":
+            gated = getattr(refiner.config, "fusion", "residual") == "gated"
+            low_n, high_n = minmax_normalize_batch(current), minmax_normalize_batch(high)
+            if gated:
+                high_n = untextured_window(low_n, high_n, config.window_median)
+            out = refiner(low_n, high_n, max_side=net_side)
+            if gated:
                 aligned = denormalize_like(out.depth.float(), current)
             else:
                 aligned = _align_residual_windows(out.depth.float(), current, config, max(bh, bw))
