@@ -96,7 +96,9 @@ def median_blur(x: torch.Tensor, kernel: int, scale: int = 1) -> torch.Tensor:
     bilinearly - a ``kernel * scale`` px median at a small fraction of its cost (3 at scale
     2 costs about 3% of kornia's exact 5x5 at 1024 px and removes texture as well on the
     validation scenes, docs/QUALITY_HISTORY.md). 3x3 runs :func:`_median3` (about 2x faster than
-    kornia's selection network on CPU, the same values); other windows run kornia's."""
+    kornia's selection network on CPU, the same values); other windows take ``torch.median``
+    over the unfolded windows (the same values as kornia's, about 1.5x faster at 7x7 on CPU;
+    ``kernel``\ :sup:`2` copies of the map in memory)."""
     if kernel <= 1:
         return x
     if scale > 1:
@@ -106,7 +108,8 @@ def median_blur(x: torch.Tensor, kernel: int, scale: int = 1) -> torch.Tensor:
     if kernel == 3:
         return _median3(x)
     pad = kernel // 2
-    return kornia.filters.median_blur(F.pad(x, (pad, pad, pad, pad), mode="replicate"), kernel)[..., pad:-pad, pad:-pad]
+    windows = F.pad(x, (pad, pad, pad, pad), mode="replicate").unfold(2, kernel, 1).unfold(3, kernel, 1)
+    return windows.reshape(*windows.shape[:4], kernel * kernel).median(-1).values
 
 
 def fusion_candidates(
