@@ -105,7 +105,8 @@ def training_facts(checkpoint: Path, weights: Path) -> str:
         ("loss", ", ".join(f"{k} {v:g}" for k, v in cfg["loss"].items() if isinstance(v, (int, float)) and v)),
         ("predictor during training", f"`{cfg['predictor']}` at LOW {cfg['low_res']} / HIGH {cfg['high_res']} px; noise "
                                       f"cons {noise['cons']}, edge {noise['edge']} px, texture {noise['texture']}, "
-                                      f"clean {noise['clean']:g}, mixed {noise['mixed']:g}"),
+                                      f"clean {noise['clean']:g}, mixed {noise['mixed']:g}"
+                                      + (f", sharp LOW {noise['sharp_low']:g}" if noise.get("sharp_low") else "")),
         ("data", "; ".join(" ".join(filter(None, [d["kind"], Path(d["root"]).name if d.get("root") else ""]))
                            + f" (weight {d['weight']:g})" for d in cfg["data"])),
         ("logged step time", f"{sum(seconds.values()) / 3600:.2f} h over {len(seconds):,} logged steps "
