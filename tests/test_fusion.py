@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from sddr_pipeline.models import PRESETS, Refiner, RefinerConfig, SDDRNet
-from sddr_pipeline.models.fusion import align_to, blend_candidates, fusion_candidates, gaussian_blur, median_blur
+from sddr_pipeline.models.fusion import (
+    align_to,
+    blend_candidates,
+    fusion_candidates,
+    gaussian_blur,
+    median_blur,
+    sorting_network,
+)
 from sddr_pipeline.models.network import LOW_LOGIT
 
 
@@ -35,7 +42,7 @@ def test_median_blur_matches_a_brute_force_median() -> None:
     assert median_blur(x, 1) is x
 
 
-@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("kernel", [3, 5, 7, 9, 15])
 def test_median_blur_equals_brute_force_with_ties_batches_and_channels(kernel: int) -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 4, (2, 3, 7, 6), generator=g).float()  # many ties
@@ -45,10 +52,34 @@ def test_median_blur_equals_brute_force_with_ties_batches_and_channels(kernel: i
     expect = torch.stack([padded[b, c, i:i + kernel, j:j + kernel].flatten().median()
                           for b in range(2) for c in range(3) for i in range(7) for j in range(6)]).view(2, 3, 7, 6)
     assert torch.equal(out, expect)
-    if kernel > 3:  # the same values as kornia's selection network
+    if kernel in (5, 7):  # the same values as kornia's selection network
         import kornia
 
         assert torch.equal(out, kornia.filters.median_blur(padded, kernel)[..., pad:-pad, pad:-pad])
+
+
+@pytest.mark.parametrize("kernel", [5, 7, 9])
+def test_median_blur_equals_torch_median_on_random_maps_of_odd_shapes(kernel: int) -> None:
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(1, 2, 29, 41, generator=g)
+    pad = kernel // 2
+    windows = torch.nn.functional.pad(x, (pad,) * 4, mode="replicate").unfold(2, kernel, 1).unfold(3, kernel, 1)
+    assert torch.equal(median_blur(x, kernel), windows.reshape(1, 2, 29, 41, -1).median(-1).values)
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_sorting_network_sorts_every_zero_one_input(n: int) -> None:
+    bits = torch.tensor([[(v >> i) & 1 for i in range(n)] for v in range(2**n)], dtype=torch.float32)
+    wires = list(bits.T)
+    for a, b in sorting_network(n):
+        assert a < b < n
+        wires[a], wires[b] = torch.minimum(wires[a], wires[b]), torch.maximum(wires[a], wires[b])
+    assert torch.equal(torch.stack(wires, 1), bits.sort(1).values)  # the 0-1 principle
+
+
+def test_median_blur_rejects_an_even_kernel() -> None:
+    with pytest.raises(ValueError, match="odd kernel"):
+        median_blur(torch.zeros(1, 1, 8, 8), 4)
 
 
 def test_half_resolution_median_removes_thin_texture_and_keeps_steps() -> None:
