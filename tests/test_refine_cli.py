@@ -138,6 +138,18 @@ def test_range_clamp_flag_is_recorded_and_changes_the_maps(tmp_path, dataset, we
     assert not (tmp_path / "bad").exists()
 
 
+def test_window_median_flag_is_recorded_and_checked(tmp_path, dataset, weights, capsys):
+    args = ["--predictor", SIM, "--weights", str(weights), "--quiet", "--mode", "two-stage"]
+    assert main(["refine", str(dataset), str(tmp_path / "default"), *args]) == 0
+    assert main(["refine", str(dataset), str(tmp_path / "off"), *args, "--window-median", "1"]) == 0
+    default = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    off = json.loads((tmp_path / "off" / "manifest.json").read_text())
+    assert default["two_stage"]["window_median"] == 7 and off["two_stage"]["window_median"] == 1
+    assert main(["refine", str(dataset), str(tmp_path / "even"), *args, "--window-median", "4"]) == 2
+    assert "window_median must be an odd integer between 1 and 15, got 4" in capsys.readouterr().err
+    assert not (tmp_path / "even").exists()
+
+
 def test_existing_output_refused_then_resumed(tmp_path, dataset, weights, capsys):
     out = tmp_path / "out"
     args = ["refine", str(dataset), str(out), "--predictor", SIM, "--weights", str(weights), "--quiet"]

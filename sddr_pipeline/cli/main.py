@@ -40,6 +40,12 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _two_stage_config(cls, args: argparse.Namespace):
+    """The two-stage settings of ``sddr refine``'s flags (unset flags keep the class defaults)."""
+    changes = {"window_median": args.window_median} if args.window_median is not None else {}
+    return cls(steps=args.steps, **changes)
+
+
 def cmd_refine(args: argparse.Namespace) -> int:
     from ..batch import RefineJobError, refine_folder
     from ..inference.options import RefineOptions, TwoStageConfig
@@ -49,7 +55,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
         options = RefineOptions(mode=args.mode, low_res=args.low_res, high_res=args.high_res,
-                                two_stage=TwoStageConfig(steps=args.steps), range_clamp=args.range_clamp,
+                                two_stage=_two_stage_config(TwoStageConfig, args), range_clamp=args.range_clamp,
                                 confidence=args.confidence)
         refiner = Refiner.from_pretrained(args.weights, device=device)
         predictor = get_predictor(args.predictor, device=device)
@@ -222,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", default="default", help="refiner weights: 'default' (bundled) or a folder/.safetensors file (default: %(default)s)")
     r.add_argument("--mode", choices=("one-stage", "two-stage"), default="one-stage", help="default: %(default)s")
     r.add_argument("--steps", type=_positive_int, default=2, help="two-stage coarse-to-fine steps (default: %(default)s)")
+    r.add_argument("--window-median", type=_positive_int, default=None, metavar="K",
+                   help="two-stage, gated weights: a window's new HIGH becomes the estimate plus the KxK median of their "
+                        "difference, which drops its RGB texture (odd, 1 = off; default: TwoStageConfig's, 7)")
     r.add_argument("--range-clamp", type=_clamp_fraction, default=None, metavar="F",
                    help="clamp the refined map to LOW's local range within F x the long side; 0 = raw network output "
                         "(default: the weights' own `range_clamp`: 0 for the bundled ones; docs/QUALITY_HISTORY.md)")
