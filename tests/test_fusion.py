@@ -59,12 +59,13 @@ def test_median_blur_equals_brute_force_with_ties_batches_and_channels(kernel: i
 
 
 @pytest.mark.parametrize("kernel", [5, 7, 9])
-def test_median_blur_equals_torch_median_on_random_maps_of_odd_shapes(kernel: int) -> None:
+@pytest.mark.parametrize("height", [29, 64, 150])  # one strip, exactly one, three (the last partial)
+def test_median_blur_equals_torch_median_on_random_maps_of_odd_shapes(kernel: int, height: int) -> None:
     g = torch.Generator().manual_seed(kernel)
-    x = torch.randn(1, 2, 29, 41, generator=g)
+    x = torch.randn(1, 2, height, 41, generator=g)
     pad = kernel // 2
     windows = torch.nn.functional.pad(x, (pad,) * 4, mode="replicate").unfold(2, kernel, 1).unfold(3, kernel, 1)
-    assert torch.equal(median_blur(x, kernel), windows.reshape(1, 2, 29, 41, -1).median(-1).values)
+    assert torch.equal(median_blur(x, kernel), windows.reshape(1, 2, height, 41, -1).median(-1).values)
 
 
 @pytest.mark.parametrize("n", range(1, 12))

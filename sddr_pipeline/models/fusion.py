@@ -98,9 +98,10 @@ def median_blur(x: torch.Tensor, kernel: int, scale: int = 1) -> torch.Tensor:
     bilinearly - a ``kernel * scale`` px median at a small fraction of its cost (3 at scale
     2 costs about 3% of kornia's exact 5x5 at 1024 px and removes texture as well on the
     validation scenes, docs/QUALITY_HISTORY.md). 3x3 runs :func:`_median3`; larger windows
-    :func:`_median_separable`. Both are min/max networks over whole maps with the same
-    values as ``torch.median`` of every window (about 2x / 2.5x faster than kornia's at
-    3x3 / 7x7 on CPU, and without its ``kernel``\ :sup:`2` copies of the map)."""
+    :func:`_median_separable`. Both are min/max networks with the same values as
+    ``torch.median`` of every window, without its ``kernel``\ :sup:`2` copies of the map (at
+    768x1024 on one CPU thread, 7x7: 0.16 s against 0.70 s for ``torch.median`` over the
+    unfolded windows and 1.2 s for kornia's; 3x3 about 2x faster than kornia's)."""
     if kernel <= 1:
         return x
     if kernel % 2 == 0:
@@ -233,14 +234,27 @@ def _selection_plan(kernel: int) -> _SelectionPlan:
     return _SelectionPlan(tuple(leaves), tuple(kept), tuple(last_use), renumber[output])
 
 
+#: rows per strip of :func:`_median_separable`: its ~450 passes stay in cache (2x faster at
+#: 768x1024 than whole maps on the 2-core CPU machine)
+_STRIP_ROWS = 64
+
+
 def _median_separable(x: torch.Tensor, kernel: int) -> torch.Tensor:
     """Exact ``kernel`` x ``kernel`` median (odd kernel >= 5, replicate border) with
-    min/max passes over whole maps: sort every vertical run of ``kernel`` values (shared
-    by the windows beside it), sort each rank's horizontal runs, then select the median
-    from the survivors of :func:`_selection_plan`."""
+    min/max passes over the map, strip by strip (:data:`_STRIP_ROWS`): sort every vertical
+    run of ``kernel`` values (shared by the windows beside it), sort each rank's
+    horizontal runs, then select the median from the survivors of :func:`_selection_plan`."""
     pad = kernel // 2
-    h, w = x.shape[-2:]
+    h = x.shape[-2]
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    strips = [_median_of_padded(padded[..., y:min(h, y + _STRIP_ROWS) + 2 * pad, :], kernel)
+              for y in range(0, h, _STRIP_ROWS)]
+    return torch.cat(strips, dim=-2) if len(strips) > 1 else strips[0]
+
+
+def _median_of_padded(padded: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The median of every ``kernel`` x ``kernel`` window lying inside ``padded``."""
+    h, w = padded.shape[-2] - kernel + 1, padded.shape[-1] - kernel + 1
     columns = _sort_maps([padded[..., i:i + h, :] for i in range(kernel)])
     plan = _selection_plan(kernel)
     rows = {}
