@@ -54,7 +54,8 @@ def denormalize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def untextured_window(low: torch.Tensor, high: torch.Tensor, kernel: int) -> torch.Tensor:
     """``low`` + the ``kernel`` x ``kernel`` median of (``high`` least-squares aligned to
-    ``low``) - ``low``, per sample (Bx1xHxW, one window at a time): a window's HIGH without the thin RGB texture a fresh prediction copies (see
+    ``low``) - ``low``, per sample (Bx1xHxW, one window at a time): a window's HIGH
+    without the thin RGB texture a fresh prediction copies (see
     :attr:`TwoStageConfig.window_median`); ``kernel`` 1 returns ``high``."""
     if kernel <= 1:
         return high
