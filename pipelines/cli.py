@@ -94,7 +94,7 @@ def _overrides(args: argparse.Namespace, extra: tuple[str, ...]) -> dict[str, An
 
 
 POINTCLOUD_SETTINGS: tuple[str, ...] = (
-    "mode", "steps", "range_clamp", "scale_points", "min_sfm_points", "max_scale_error", "min_confidence", "voxel",
+    "mode", "steps", "range_clamp", "window_median", "scale_points", "min_sfm_points", "max_scale_error", "min_confidence", "voxel",
     "depth_max", "stride", "merge_ply", "merge_voxel", "merge_by", "tile_size")
 
 
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
         from .refine import run_refine as run
 
         cls: type = RefinePipelineConfig
-        extra: tuple[str, ...] = ("mode", "steps", "save_predictions", "confidence", "range_clamp")
+        extra: tuple[str, ...] = ("mode", "steps", "save_predictions", "confidence", "range_clamp", "window_median")
     elif name == "pointcloud":
         from .pointcloud import run_pointcloud as run
 
@@ -199,6 +199,8 @@ def add_pipeline_arguments(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--range-clamp", type=float, default=None, metavar="F",
                    help="local-range clamp of the refined maps, fraction of the long side; 0 = raw network output "
                         "(default: the weights' own `range_clamp`: 0 for the bundled ones)")
+    r.add_argument("--window-median", type=_positive_int, default=None, metavar="K",
+                   help="two-stage: the windows' texture median, odd, 1 = off (default: 7; see `sddr refine`)")
     r.set_defaults(func=lambda args: _run(args, "refine"))
     _add_pointcloud(sub)
     _add_merge(sub)
@@ -227,6 +229,8 @@ def _add_pointcloud(sub: Any) -> None:
     c.add_argument("--mode", default=None, choices=("one-stage", "two-stage"))
     c.add_argument("--steps", type=_positive_int, default=None, help="two-stage coarse-to-fine steps")
     c.add_argument("--range-clamp", type=float, default=None, metavar="F", help="local-range clamp (see refine)")
+    c.add_argument("--window-median", type=_positive_int, default=None, metavar="K",
+                   help="two-stage: the windows' texture median (see refine)")
     c.add_argument("--scale-points", type=_positive_int, default=None, metavar="N",
                    help="make each map metric from N random pixels of the image's own depth map (RGB-D, LiDAR), as `sddr refine`")
     c.add_argument("--min-sfm-points", type=_positive_int, default=None, metavar="N",

@@ -16,7 +16,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from sddr_pipeline.inference.options import MODES, check_range_clamp
+from sddr_pipeline.inference.options import MODES, check_range_clamp, two_stage_config
 from sddr_pipeline.io.mappings import check_keys, field_names
 
 from .inputs import INPUT_KINDS
@@ -175,13 +175,15 @@ class RefinePipelineConfig(PipelineConfig):
     (two-stage), ``save_predictions`` (keep raw low/high in the shards), ``confidence``
     (fill the shards' per-pixel ``confidence`` column), ``range_clamp`` (the local-range
     clamp, a fraction of the long side; 0 = raw network output; None = the refiner's own,
-    :class:`sddr_pipeline.inference.RefineOptions`)."""
+    :class:`sddr_pipeline.inference.RefineOptions`), ``window_median`` (two-stage: the
+    windows' texture median, odd, 1 = off; None = :class:`~sddr_pipeline.inference.TwoStageConfig`'s)."""
 
     mode: str = "one-stage"
     steps: int = 2
     save_predictions: bool = False
     confidence: bool = False
     range_clamp: float | None = None
+    window_median: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -191,7 +193,7 @@ class RefinePipelineConfig(PipelineConfig):
 
 
 def _check_refinement(config: Any) -> None:
-    """``mode``, ``steps`` and ``range_clamp`` of a config that refines."""
+    """``mode``, ``steps``, ``range_clamp`` and ``window_median`` of a config that refines."""
     _check(config.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {config.mode!r}")
     _check(_is_int(config.steps) and config.steps > 0, "steps", f"must be a positive integer, got {config.steps!r}")
     if config.range_clamp is not None:
@@ -201,6 +203,11 @@ def _check_refinement(config: Any) -> None:
             ok = False
         _check(ok, "range_clamp",
                f"must be a number in [0, 0.25] (a fraction of the long side; 0 disables it), got {config.range_clamp!r}")
+    if config.window_median is not None:
+        try:
+            two_stage_config(window_median=config.window_median)
+        except (TypeError, ValueError):
+            _check(False, "window_median", f"must be an odd integer between 1 and 15 (1 = off), got {config.window_median!r}")
 
 
 @dataclass
@@ -227,7 +234,7 @@ class PseudoLabelPipelineConfig(PipelineConfig):
 class PointCloudPipelineConfig(PipelineConfig):
     """:class:`PipelineConfig` plus point clouds (``sddr pipeline pointcloud``).
 
-    Refinement: ``mode``, ``steps``, ``range_clamp`` as :class:`RefinePipelineConfig`.
+    Refinement: ``mode``, ``steps``, ``range_clamp``, ``window_median`` as :class:`RefinePipelineConfig`.
     Metric scale, in this order: ``scale_points`` (N random pixels of each image's own
     depth map: RGB-D, LiDAR; at least 3), else the image's SfM points (at least
     ``min_sfm_points``), else a metric predictor; a fit whose median relative error at
@@ -242,6 +249,7 @@ class PointCloudPipelineConfig(PipelineConfig):
     mode: str = "one-stage"
     steps: int = 2
     range_clamp: float | None = None
+    window_median: int | None = None
     scale_points: int | None = None
     min_sfm_points: int = 10
     max_scale_error: float | None = 0.2

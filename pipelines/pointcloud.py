@@ -33,7 +33,7 @@ from .runner import Job, PipelineReport, Progress, run_job, stderr_progress
 from .stage import PointCloudStage
 
 #: The settings of a point-cloud job that its stage takes (and a resume must keep).
-STAGE_SETTINGS: tuple[str, ...] = ("mode", "steps", "range_clamp", "scale_points", "min_sfm_points", "max_scale_error",
+STAGE_SETTINGS: tuple[str, ...] = ("mode", "steps", "range_clamp", "window_median", "scale_points", "min_sfm_points", "max_scale_error",
                                    "min_confidence", "voxel", "depth_max", "stride")
 ALL_NAME = "scene"
 
@@ -45,6 +45,8 @@ def pointcloud_job(config: PointCloudPipelineConfig) -> Job:
                 "high_res": config.high_res, **kwargs}
     if config.mode != "two-stage":
         identity["steps"] = None
+    if config.mode != "two-stage" or config.window_median is None:  # outputs made before it existed still resume
+        del identity["window_median"]
     return Job(name="pointcloud", kind=KIND_POINTS, stage=PointCloudStage, stage_kwargs=kwargs, identity=identity,
                cameras=True)
 

@@ -27,8 +27,10 @@ def refine_job(config: RefinePipelineConfig) -> Job:
     }
     if config.confidence:  # only when set, so outputs made before the option existed still resume
         identity["confidence"] = True
+    if two and config.window_median is not None:  # likewise
+        identity["window_median"] = config.window_median
     kwargs = {"mode": config.mode, "steps": config.steps, "save_predictions": config.save_predictions,
-              "confidence": config.confidence, "range_clamp": config.range_clamp}
+              "confidence": config.confidence, "range_clamp": config.range_clamp, "window_median": config.window_median}
     return Job(name="refine", kind=KIND_DEPTH, stage=RefineStage, stage_kwargs=kwargs, identity=identity)
 
 

@@ -505,8 +505,9 @@ def _maps(**maps: Any) -> dict[str, Any]:
 
 
 class RefineStage(_ModelStage):
-    """Refines each image (``mode`` one-stage or two-stage with ``steps``, local-range
-    clamp ``range_clamp``, None = the library default) into a ``depth`` shard row;
+    """Refines each image (``mode`` one-stage or two-stage with ``steps`` and the windows'
+    texture median ``window_median``, local-range clamp ``range_clamp``; None = the library
+    default) into a ``depth`` shard row;
     ``save_predictions`` keeps the raw low/high predictions and ``confidence`` fills the
     ``confidence`` column (:mod:`sddr_pipeline.confidence`)."""
 
@@ -514,11 +515,11 @@ class RefineStage(_ModelStage):
 
     def __init__(self, predictor: str, weights: str, *, mode: str = "one-stage", steps: int = 2,
                  save_predictions: bool = False, confidence: bool = False, range_clamp: float | None = None,
-                 **kwargs: Any) -> None:
+                 window_median: int | None = None, **kwargs: Any) -> None:
         super().__init__(predictor, weights, **kwargs)
-        from sddr_pipeline.inference.options import RefineOptions, TwoStageConfig
+        from sddr_pipeline.inference.options import RefineOptions, two_stage_config
 
-        self.options = RefineOptions(mode=mode, two_stage=TwoStageConfig(steps=steps), range_clamp=range_clamp,
+        self.options = RefineOptions(mode=mode, two_stage=two_stage_config(steps, window_median), range_clamp=range_clamp,
                                      confidence=confidence, edges=False, **self.resolutions)
         self.save_predictions = save_predictions
 
@@ -624,11 +625,12 @@ class PointCloudStage(_ModelStage):
     def __init__(self, predictor: str, weights: str, *, mode: str = "one-stage", steps: int = 2,
                  range_clamp: float | None = None, scale_points: int | None = None, min_sfm_points: int = 10,
                  max_scale_error: float | None = 0.2, min_confidence: float | None = 0.3, voxel: float | None = 0.01,
-                 depth_max: float | None = None, stride: int = 1, **kwargs: Any) -> None:
+                 depth_max: float | None = None, stride: int = 1, window_median: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(predictor, weights, **kwargs)
-        from sddr_pipeline.inference.options import RefineOptions, TwoStageConfig
+        from sddr_pipeline.inference.options import RefineOptions, two_stage_config
 
-        self.options = RefineOptions(mode=mode, two_stage=TwoStageConfig(steps=steps), range_clamp=range_clamp,
+        self.options = RefineOptions(mode=mode, two_stage=two_stage_config(steps, window_median), range_clamp=range_clamp,
                                      confidence=True, edges=False, **self.resolutions)
         self.scale_points, self.min_sfm_points, self.max_scale_error = scale_points, min_sfm_points, max_scale_error
         self.min_confidence, self.voxel, self.depth_max, self.stride = min_confidence, voxel, depth_max, stride

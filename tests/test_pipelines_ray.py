@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sddr_pipeline.pipelines.config import (ConfigError, PseudoLabelPipelineConfig, RefinePipelineConfig, build_config,
-                                             configs_dir, load_config)
+from sddr_pipeline.pipelines.config import (ConfigError, PointCloudPipelineConfig, PseudoLabelPipelineConfig,
+                                             RefinePipelineConfig, build_config, configs_dir, load_config)
 from sddr_pipeline.pipelines.inputs import InputError, check_id, id_from_path, list_inputs
 from sddr_pipeline.pipelines.resources import resolve_resources
 from sddr_pipeline.pipelines.runner import PipelineError, PipelineFailed, Watchdog
@@ -409,6 +409,41 @@ def test_range_clamp_setting_config_cli_identity_and_stage_default(weights, tmp_
     assert residual.options.resolved(residual.predictor, residual.refiner).range_clamp == RANGE_CLAMP
 
 
+def test_window_median_setting_config_cli_identity_and_stage(weights):
+    import argparse
+
+    from sddr_pipeline.pipelines.cli import POINTCLOUD_SETTINGS, _overrides, add_pipeline_arguments
+    from sddr_pipeline.pipelines.pointcloud import pointcloud_job
+    from sddr_pipeline.pipelines.refine import refine_job
+
+    base = {"input": "in", "output": "out", "predictor": "simulated", "weights": "w"}
+    assert RefinePipelineConfig(**base).window_median is None  # None = TwoStageConfig's
+    for cls in (RefinePipelineConfig, PointCloudPipelineConfig):
+        for bad in (4, 0, 17, "7", True, 2.0):
+            with pytest.raises(ConfigError, match="^window_median: must be an odd integer between 1 and 15"):
+                build_config(cls, {**base, "window_median": bad})
+    parser = argparse.ArgumentParser(prog="sddr")
+    add_pipeline_arguments(parser.add_subparsers(dest="command", required=True))
+    argv = ["--input", "i", "--output", "o", "--predictor", "simulated", "--weights", "w", "--mode", "two-stage"]
+    extra = ("mode", "steps", "save_predictions", "confidence", "range_clamp", "window_median")
+    two = load_config(RefinePipelineConfig, None,
+                      _overrides(parser.parse_args(["pipeline", "refine", *argv, "--window-median", "3"]), extra))
+    assert refine_job(two).identity["window_median"] == 3 and refine_job(two).stage_kwargs["window_median"] == 3
+    one = build_config(RefinePipelineConfig, {**base, "window_median": 3})
+    plain = build_config(RefinePipelineConfig, {**base, "mode": "two-stage"})
+    # a one-stage job has no windows, and outputs made before the setting existed still resume
+    assert "window_median" not in refine_job(one).identity and "window_median" not in refine_job(plain).identity
+    points = load_config(PointCloudPipelineConfig, None,
+                         _overrides(parser.parse_args(["pipeline", "pointcloud", *argv, "--window-median", "5"]),
+                                    POINTCLOUD_SETTINGS))
+    assert pointcloud_job(points).identity["window_median"] == 5 and pointcloud_job(points).stage_kwargs["window_median"] == 5
+    assert "window_median" not in pointcloud_job(build_config(PointCloudPipelineConfig, base)).identity
+    stage = RefineStage("simulated", str(weights), mode="two-stage", window_median=1, device="cpu", torch_threads=1)
+    assert stage.options.two_stage.window_median == 1
+    default = RefineStage("simulated", str(weights), mode="two-stage", device="cpu", torch_threads=1)
+    assert default.options.two_stage.window_median == 7
+
+
 def test_bundled_configs_work_without_a_training_run():
     # `sddr pipeline refine --config pipelines/configs/refine.yaml --input URI --output URI` (the
     # files' own usage lines) must not need weights that only a training run makes
@@ -417,6 +452,10 @@ def test_bundled_configs_work_without_a_training_run():
     for cls, name in ((RefinePipelineConfig, "refine.yaml"), (PseudoLabelPipelineConfig, "pseudolabel.yaml")):
         cfg = load_config(cls, configs_dir() / name, {"input": "in", "output": "out"})
         assert cfg.weights == "default", name
+    for cls, name in ((RefinePipelineConfig, "refine.yaml"), (PointCloudPipelineConfig, "pointcloud.yaml")):
+        cfg = load_config(cls, configs_dir() / name, {"input": "in", "output": "out"})
+        # the refinement settings are the library's own, as the bar scored them
+        assert cfg.range_clamp is None and cfg.window_median is None, name
     assert Refiner.from_pretrained("default") is not None
 
 

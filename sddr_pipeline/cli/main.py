@@ -40,22 +40,16 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _two_stage_config(cls, args: argparse.Namespace):
-    """The two-stage settings of ``sddr refine``'s flags (unset flags keep the class defaults)."""
-    changes = {"window_median": args.window_median} if args.window_median is not None else {}
-    return cls(steps=args.steps, **changes)
-
-
 def cmd_refine(args: argparse.Namespace) -> int:
     from ..batch import RefineJobError, refine_folder
-    from ..inference.options import RefineOptions, TwoStageConfig
+    from ..inference.options import RefineOptions, two_stage_config
     from ..models import Refiner, RefinerWeightsError
     from ..predictors import PredictorError, get_predictor
 
     device = resolve_device(args.device)
     try:
         options = RefineOptions(mode=args.mode, low_res=args.low_res, high_res=args.high_res,
-                                two_stage=_two_stage_config(TwoStageConfig, args), range_clamp=args.range_clamp,
+                                two_stage=two_stage_config(args.steps, args.window_median), range_clamp=args.range_clamp,
                                 confidence=args.confidence)
         refiner = Refiner.from_pretrained(args.weights, device=device)
         predictor = get_predictor(args.predictor, device=device)

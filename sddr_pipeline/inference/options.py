@@ -122,6 +122,12 @@ class TwoStageConfig:
         return int(min(preset_max_side, max(128, round(side / 128) * 128)))
 
 
+def two_stage_config(steps: int = 2, window_median: int | None = None) -> TwoStageConfig:
+    """The :class:`TwoStageConfig` of the knobs the CLIs and pipeline stages expose
+    (``window_median`` None keeps the class default); raises ValueError naming the bad one."""
+    return TwoStageConfig(steps=steps, **({} if window_median is None else {"window_median": window_median}))
+
+
 def _check_res(name: str, value: int | None) -> None:
     if value is None:
         return
