@@ -115,7 +115,9 @@ def training_facts(checkpoint: Path, weights: Path) -> str:
     shipped = json.loads((weights.parent / "config.json").read_text())
     rows.append(("weights file", f"`model.safetensors` (fp16, {weights.stat().st_size / 1e6:.1f} MB), sha256 "
                                  f"`{sha256_files(weights)}`, written by `sddr export {checkpoint} "
-                                 f"sddr_pipeline/weights/default --set range_clamp={shipped['range_clamp']:g}`"))
+                                 f"sddr_pipeline/weights/default --set range_clamp={shipped['range_clamp']:g}"
+                                 + (f" --set fusion_temperature={shipped['fusion_temperature']:g}"
+                                    if shipped.get("fusion_temperature", 1.0) != 1.0 else "") + "`"))
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
 
@@ -130,7 +132,8 @@ def quality_markdown(record: dict) -> str:
         "The experiments that chose the design and the recipe are in [QUALITY_HISTORY.md](QUALITY_HISTORY.md).",
         "",
         f"- **Weights:** `{record['refiner']}` (the bundled `default`), at their own settings: "
-        f"network max side {record.get('max_side', '?')} px, range clamp {record['range_clamp']:g}.",
+        f"network max side {record.get('max_side', '?')} px, range clamp {record['range_clamp']:g}, "
+        f"fusion temperature {record.get('fusion_temperature', 1.0):g}.",
         f"- **Sweep:** {', '.join(datasets)}; noise settings (cons/edge/texture) "
         f"{', '.join(qs._noise(s) for s in qs.SETTINGS)}; seeds {record['seeds']}; the `simulated` predictor "
         "(real ground truth, simulated LOW 384 / HIGH 1024 predictions: no real depth network's weights can be "
@@ -173,9 +176,11 @@ def main() -> int:
 
         record = json.loads(args.from_json.read_text())
         shipped = Refiner.from_pretrained("default")
-        if record.get("refiner") != shipped.version or float(record.get("range_clamp", -1)) != shipped.config.range_clamp:
-            raise SystemExit(f"{args.from_json} scored {record.get('refiner')} (range clamp {record.get('range_clamp')}), "
-                             f"not the bundled weights {shipped.version} (range clamp {shipped.config.range_clamp:g})")
+        scored = (record.get("refiner"), float(record.get("range_clamp", -1)), float(record.get("fusion_temperature", 1.0)))
+        if scored != (shipped.version, shipped.config.range_clamp, shipped.config.fusion_temperature):
+            raise SystemExit(f"{args.from_json} scored {scored[0]} (range clamp {scored[1]:g}, fusion temperature "
+                             f"{scored[2]:g}), not the bundled weights {shipped.version} (range clamp "
+                             f"{shipped.config.range_clamp:g}, fusion temperature {shipped.config.fusion_temperature:g})")
         missing = {"max_side", "seeds", "wall_s", "command", "cells"} - set(record)
         if missing:
             raise SystemExit(f"{args.from_json} lacks {', '.join(sorted(missing))}: not a full sweep record")
@@ -194,6 +199,7 @@ def main() -> int:
         cells = qs.run_sweep(refiner, Path(args.data), list(qs.DATASETS), list(range(len(qs.SETTINGS))),
                              list(qs.SEEDS), range_clamp=clamp)
         record = {"refiner": refiner.version, "range_clamp": clamp, "max_side": refiner.config.max_side,
+                  "fusion_temperature": refiner.config.fusion_temperature,
                   "seeds": list(qs.SEEDS), "wall_s": round(time.perf_counter() - start, 1),
                   "date": dt.date.today().isoformat(), "threads": args.threads,
                   "command": "scripts/quality_report.py --checkpoint " + str(args.checkpoint), "cells": cells}

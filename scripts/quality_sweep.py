@@ -256,6 +256,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"refiner": refiner.version, "range_clamp": args.range_clamp, "max_side": refiner.config.max_side,
+                  "fusion_temperature": refiner.config.fusion_temperature,
                   "seeds": list(args.seeds), "wall_s": round(time.perf_counter() - start, 1),
                   "date": dt.date.today().isoformat(), "threads": args.threads,
                   "command": "scripts/quality_sweep.py " + " ".join(sys.argv[1:]), "cells": cells}

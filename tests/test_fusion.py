@@ -200,3 +200,26 @@ def test_fusion_config_is_validated_and_old_configs_load_as_residual() -> None:
     assert RefinerConfig.from_dict(data).fusion == "residual"
     assert PRESETS["sddr-small"].fusion == "gated"
     assert PRESETS["sddr-small-residual"].fusion == "residual"
+
+
+def test_fusion_temperature_flattens_the_same_choice_and_keeps_the_invariants() -> None:
+    net = _scrambled(7, 1)
+    low, high = _maps(seed=8)
+    with torch.no_grad():
+        base = net(low, high)
+        net.config = net.config.replace(fusion_temperature=3.0)
+        warm = net(low, high)
+        agree = net(low, low.clone())
+    # softmax(logits / T) is the T-th root of the same weights, renormalised
+    root = base.weights ** (1 / 3)
+    torch.testing.assert_close(warm.weights, root / root.sum(1, keepdim=True), atol=1e-5, rtol=1e-4)
+    assert float(warm.weights.amax(1).mean()) < float(base.weights.amax(1).mean())
+    torch.testing.assert_close(agree.depth, low, atol=2e-6, rtol=0)
+    assert bool((warm.depth >= warm.candidates.amin(1, keepdim=True) - 1e-5).all())
+    assert bool((warm.depth <= warm.candidates.amax(1, keepdim=True) + 1e-5).all())
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, 100.0, True, "2"])
+def test_fusion_temperature_is_validated(bad) -> None:
+    with pytest.raises(ValueError, match="fusion_temperature must be a number in"):
+        RefinerConfig(fusion_temperature=bad)

@@ -48,7 +48,7 @@ SIZE_LIMITS: dict[str, int] = {
 #: (``Refiner.with_config``, training ``init``, a resumed run switching presets).
 RUNTIME_SETTINGS = frozenset({
     "name", "max_side", "guided_radius", "guided_eps", "drop_path_rate", "head_scale", "fusion_median",
-    "fusion_median_scale", "range_clamp",
+    "fusion_median_scale", "range_clamp", "fusion_temperature",
 })
 
 
@@ -86,6 +86,10 @@ class RefinerConfig:
     full-resolution blend; 2 costs about a quarter of the full-resolution head. ``range_clamp`` is not architecture but the local-range clamp these
     weights are meant to run with (:mod:`sddr_pipeline.inference.range_clamp`; 0 = none),
     the default of every refinement that does not set one: it travels with the weights.
+    ``fusion_temperature`` (gated head) is another such runtime setting: the candidate
+    weights are softmax(logits / T), so T > 1 moves weight from the network's first choice
+    to the other candidates (LOW and LOW plus filtered HIGH detail); chosen on the
+    validation bar for the bundled weights (docs/QUALITY_HISTORY.md, section 13).
     """
 
     name: str = "custom"
@@ -112,6 +116,7 @@ class RefinerConfig:
     fusion_median_scale: int = 1
     head_scale: int = 1
     range_clamp: float = RANGE_CLAMP
+    fusion_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -182,6 +187,10 @@ class RefinerConfig:
         if isinstance(self.head_scale, bool) or self.head_scale not in (1, 2, 4):
             raise ValueError(f"head_scale must be 1, 2 or 4, got {self.head_scale!r}")
         set_(self, "range_clamp", check_range_clamp(self.range_clamp))
+        t = self.fusion_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 <= t <= 20:
+            raise ValueError(f"fusion_temperature must be a number in [0.05, 20], got {t!r}")
+        set_(self, "fusion_temperature", float(t))
         set_(self, "guided_eps", float(self.guided_eps))
         set_(self, "drop_path_rate", float(self.drop_path_rate))
 

@@ -276,6 +276,8 @@ class SDDRNet(nn.Module):
         logits = self.head_out(torch.relu_(self.head_mid(torch.relu_(proj + self.head_in(head_input)))))
         if scale > 1:  # contiguous, as the candidates are: no full-resolution conversion in the blend
             logits = _upsample_to(logits.contiguous(), low)
+        if self.config.fusion_temperature != 1.0:
+            logits = logits / self.config.fusion_temperature
         depth, weights = blend_candidates(cands, logits)
         return RefinerOutput(depth, side2, side4, 1 - weights[:, :1], omegas[6], omegas[5], weights, cands)
 
