@@ -121,19 +121,17 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     to a), the network for the next power of two with every pair touching a wire >= n
     dropped (still a sorting network: those wires would hold +inf)."""
     size = 1 << max(0, (n - 1).bit_length())
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    a, b = i + j, i + j + k
-                    if a // (2 * p) == b // (2 * p) and b < n:
-                        pairs.append((a, b))
-            k //= 2
-        p *= 2
-    return tuple(pairs)
+    return tuple((a, b) for a, b in _odd_even_sort(0, size - 1) if b < n)
+
+
+def _odd_even_sort(lo: int, hi: int):
+    """Batcher's sort of wires lo..hi (inclusive, a power-of-two count): sort both halves,
+    then :func:`_odd_even_merge` them."""
+    if hi > lo:
+        mid = lo + (hi - lo) // 2
+        yield from _odd_even_sort(lo, mid)
+        yield from _odd_even_sort(mid + 1, hi)
+        yield from _odd_even_merge(lo, hi, 1)
 
 
 def _sort_maps(maps: list[torch.Tensor]) -> list[torch.Tensor]:
